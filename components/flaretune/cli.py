@@ -1,0 +1,45 @@
+"""The ``flaretune`` command.
+
+Each area registers its own sub-commands; modules are imported only when the command needs them,
+so ``flaretune data check`` does not pay for torch.
+"""
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from flaretune.errors import FlaretuneError
+
+# sub-command name -> module exposing ``register(subparsers)``; each parser sets ``func``.
+_COMMANDS = {
+    "data": "flaretune.data.cli",
+    "compare": "flaretune.compare",
+    "export": "flaretune.export",
+    "bench": "flaretune.bench.cli",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flaretune", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module_name in _COMMANDS.values():
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FlaretuneError as err:
+        print(f"flaretune: {err}" if not str(err).startswith("/") else str(err), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flaretune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
