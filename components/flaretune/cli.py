@@ -9,7 +9,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-from flaretune.errors import FlaretuneError
+from flaretune.errors import DataFormatError, FlaretuneError
 
 # sub-command name -> module exposing ``register(subparsers)``; each parser sets ``func``.
 _COMMANDS = {
@@ -34,7 +34,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FlaretuneError as err:
-        print(f"flaretune: {err}" if not str(err).startswith("/") else str(err), file=sys.stderr)
+        # DataFormatError already reads "path:line: what is wrong"
+        print(str(err) if isinstance(err, DataFormatError) else f"flaretune: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("flaretune: interrupted", file=sys.stderr)

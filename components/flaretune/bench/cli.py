@@ -1,0 +1,24 @@
+"""``flaretune bench ...``: benchmarks that print a table, write JSON rows and a plot.
+
+Each benchmark module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+import importlib
+
+_BENCHMARKS = {
+    "quantize": ("flaretune.bench.quantize", "quantization filters vs NVFlare's ModelQuantizer vs a tensor copy"),
+    "stream": ("flaretune.bench.stream", "ObjectStreamer model transfer vs FLARE's default tensor path (POC)"),
+}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="run a benchmark")
+    bench_sub = parser.add_subparsers(dest="benchmark", required=True)
+    for name, (module_name, help_text) in _BENCHMARKS.items():
+        sub = bench_sub.add_parser(name, help=help_text)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # a benchmark not built yet must not break the other commands
+            continue
+        module.add_arguments(sub)
+        sub.set_defaults(func=module.run)
