@@ -1,0 +1,56 @@
+"""The comparison's picture and console summary."""
+
+from pathlib import Path
+
+
+def summary_lines(report: dict) -> list:
+    fed, central, local = report["federated"]["test"], report["centralized"]["test"], report["local_only"]["mean"]
+    share = 100.0 * report["bytes_per_round_per_client"] / report["full_model_bytes"]
+    lines = [
+        f"{'setting':<22}{'test entity F1':>15}",
+        f"{'federated':<22}{fed:>15.4f}",
+        f"{'centralized':<22}{central:>15.4f}",
+        f"{'local-only (mean)':<22}{local:>15.4f}",
+    ]
+    lines += [f"{'  local-only ' + name:<22}{f1:>15.4f}" for name, f1 in report["local_only"]["per_site"].items()]
+    lines += [
+        f"federated / centralized = {fed / central if central else float('nan'):.3f}; "
+        f"federated - local-only mean = {100 * (fed - local):+.1f} points",
+        f"upload per round per client: {report['bytes_per_round_per_client']:,} bytes "
+        f"({share:.2f}% of the {report['full_model_bytes']:,}-byte fp32 model; quantization {report['quantization']})",
+        f"wall time {report['wall_s']:.0f}s",
+    ]
+    return lines
+
+
+def write_plot(report: dict, path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = list(range(1, len(report["federated"]["per_round"]) + 1))
+    fig, (ax_f1, ax_bytes) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax_f1.plot(rounds, report["federated"]["per_round"], marker="o", label="federated (global model)")
+    ax_f1.axhline(report["centralized"]["test"], color="tab:green", linestyle="--", label="centralized")
+    ax_f1.axhline(report["local_only"]["mean"], color="tab:red", linestyle=":", label="local-only (mean)")
+    ax_f1.set_xlabel("round")
+    ax_f1.set_ylabel("test entity F1 (strict)")
+    ax_f1.set_ylim(0, 1)
+    ax_f1.set_xticks(rounds)
+    ax_f1.set_title(f"{report['scenario']}: {report['model']}, {report.get('sites', '?')} sites")
+    ax_f1.legend(loc="lower right")
+    per_round = [report["bytes_per_round_per_client"]] * len(rounds)
+    ax_bytes.bar(rounds, per_round, color="tab:blue", label="upload per client (adapter + head)")
+    ax_bytes.axhline(report["full_model_bytes"], color="tab:gray", linestyle="--", label="full fp32 model")
+    ax_bytes.set_yscale("log")
+    ax_bytes.set_xlabel("round")
+    ax_bytes.set_ylabel("bytes per round per client")
+    ax_bytes.set_xticks(rounds)
+    ax_bytes.set_title(f"bytes on the wire (quantization: {report['quantization']})")
+    ax_bytes.legend(loc="center right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,145 @@
+"""Federated vs centralized vs local-only, on the same data and the same number of epochs."""
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from flaretune.compare.data import prepare
+from flaretune.compare.report import write_plot
+from flaretune.jobcfg import JobFolder
+from flaretune.models.lora import PeftSpec
+
+TRAIN_TASKS = ["train", "submit_model"]
+DATA_TASKS = ["train", "validate"]
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _spec_from_job(job: JobFolder, labels: List[str], model: Optional[str]) -> PeftSpec:
+    args = dict(job.persistor_args)
+    args["labels"] = labels
+    if model:
+        args["model_name"] = model
+    args.pop("output_dir", None)
+    return PeftSpec(**args)
+
+
+def _fit_and_score(spec, train_sentences, test_encoded_cache, hp, label: str) -> float:
+    from flaretune.train.ner_trainer import NerTrainer
+
+    trainer = NerTrainer(spec, max_length=hp["max_length"])
+    encoded = trainer.encode(train_sentences)
+    total_epochs = hp["epochs"]
+
+    def on_step(step, loss, every=max(1, hp["steps_hint"] // 4)):
+        if step % every == 0:
+            _say(f"    {label}: step {step}, loss {loss:.4f}")
+
+    started = time.time()
+    trainer.fit(encoded, epochs=total_epochs, learning_rate=hp["lr"], batch_size=hp["batch_size"], seed=hp["seed"],
+                on_step=on_step)
+    scores = trainer.evaluate(test_encoded_cache(trainer))
+    _say(f"  {label}: {len(train_sentences)} sentences × {total_epochs:g} epochs in {time.time() - started:.0f}s "
+         f"-> test F1 {scores['f1']:.4f}")
+    return scores
+
+
+def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed: int = 0, skew: float = 0.8,
+            train_file=None, test_file=None, quantize: Optional[str] = None, model: Optional[str] = None) -> dict:
+    from safetensors.numpy import load_file
+
+    from flaretune.simulate import run_simulator
+    from flaretune.train.ner_trainer import NerTrainer
+    from flaretune.wire import update_wire_bytes
+
+    started = time.time()
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    job = JobFolder(job_dir)
+    rounds = rounds or job.num_rounds
+    _say(f"[1/5] data: preparing {sites} sites under {out / 'data'}")
+    data = prepare(out, sites, seed, skew, train_file, test_file)
+    _say(f"  {data.description}")
+    for name, part in data.site_train.items():
+        _say(f"  {name}: {len(part)} training sentences")
+    _say(f"  shared test set: {len(data.test)} sentences")
+
+    spec = _spec_from_job(job, data.labels, model)
+    ex = job.executor_args
+    epochs_per_round = float(ex.get("local_epochs", 1))
+    hp = {"lr": float(ex.get("learning_rate", 1e-3)), "batch_size": int(ex.get("batch_size", 16)),
+          "max_length": int(ex.get("max_length", 64)), "seed": seed, "epochs": rounds * epochs_per_round}
+
+    # -- federated ------------------------------------------------------------------------------
+    job.set_rounds(rounds)
+    job.set_sites(sites)
+    job.persistor_args.update({"labels": data.labels, "model_name": spec.model_name, "seed": seed})
+    ex.update({"data_path": str(data.root / "{site_name}"), "seed": seed,
+               "num_threads": max(1, (os.cpu_count() or 2) // sites)})
+    if quantize is not None:
+        job.set_quantization(quantize, TRAIN_TASKS, DATA_TASKS)
+    quantization = job.quantization()
+    run_job = job.write(out / "job")
+    _say(f"[2/5] federated: {rounds} rounds × {epochs_per_round:g} local epochs, {sites} sites, "
+         f"aggregator {job.workflow_args.get('aggregator', 'fedavg')}, quantization {quantization or 'none'} "
+         f"(FLARE simulator, log {out / 'federated.log'})")
+    fed_started = time.time()
+    run_dir = run_simulator(run_job, out / "workspace", sites, log_file=out / "federated.log")
+    fed_seconds = time.time() - fed_started
+    global_dir = run_dir / "global_model"
+
+    evaluator = NerTrainer(spec, max_length=hp["max_length"])
+    test_encoded = evaluator.encode(data.test)
+    per_round = []
+    for round_number in range(rounds):
+        evaluator.set_params(load_file(str(global_dir / f"round-{round_number:03d}.safetensors")))
+        per_round.append(evaluator.evaluate(test_encoded)["f1"])
+    fed_scores = evaluator.evaluate(test_encoded)
+    _say(f"  federated: {fed_seconds:.0f}s, test F1 per round {', '.join(f'{f:.3f}' for f in per_round)}")
+    adapter = evaluator.get_params()
+    wire = update_wire_bytes({k: v.numpy() for k, v in adapter.items()}, quantization)
+    full_bytes = 4 * sum(p.numel() for p in evaluator.model.parameters())
+
+    hp["steps_hint"] = max(1, sum(len(p) for p in data.site_train.values()) // hp["batch_size"])
+    cache = lambda trainer: test_encoded  # same tokenizer and labels for every trainer  # noqa: E731
+    _say(f"[3/5] centralized: all sites' training data pooled, {hp['epochs']:g} epochs")
+    pooled = [s for part in data.site_train.values() for s in part]
+    central = _fit_and_score(spec, pooled, cache, hp, "centralized")
+
+    _say(f"[4/5] local-only: each site alone, {hp['epochs']:g} epochs")
+    local: Dict[str, dict] = {}
+    for name, part in data.site_train.items():
+        hp["steps_hint"] = max(1, len(part) // hp["batch_size"])
+        local[name] = _fit_and_score(spec, part, cache, hp, f"local-only {name}")
+    local_mean = sum(s["f1"] for s in local.values()) / len(local)
+
+    report = {
+        "scenario": "clinical_ner",
+        "metric": "entity_f1",
+        "federated": {"test": fed_scores["f1"], "per_round": per_round, "per_type": _per_type(fed_scores),
+                      "seconds": round(fed_seconds, 1)},
+        "centralized": {"test": central["f1"], "per_type": _per_type(central)},
+        "local_only": {"per_site": {n: s["f1"] for n, s in local.items()}, "mean": local_mean},
+        "bytes_per_round_per_client": wire,
+        "full_model_bytes": full_bytes,
+        "rounds": rounds,
+        "wall_s": round(time.time() - started, 1),
+        "sites": sites,
+        "seed": seed,
+        "model": spec.model_name,
+        "quantization": quantization or "none",
+        "data": data.description,
+        "adapter_dir": str(global_dir / "adapter"),
+    }
+    _say("[5/5] report")
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_plot(report, out / "report.png")
+    return report
+
+
+def _per_type(scores: dict) -> Dict[str, float]:
+    return {name: values["f1"] for name, values in scores["per_type"].items()}

@@ -1,0 +1,123 @@
+"""Read, adjust and write FLARE job folders (meta.json + app/config/*.json) without FLARE.
+
+``flaretune compare`` and the tests derive run-specific copies of a shipped job folder (rounds,
+site count, data paths, tiny test models, quantization) instead of keeping near-duplicate folders.
+"""
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from flaretune.errors import ConfigError
+
+SERVER_CONFIG = "app/config/config_fed_server.json"
+CLIENT_CONFIG = "app/config/config_fed_client.json"
+
+QUANTIZE_FILTER = "flaretune.filters.quantize.QuantizeFilter"
+DEQUANTIZE_FILTER = "flaretune.filters.quantize.DequantizeFilter"
+
+
+class JobFolder:
+    """A job folder loaded into memory: ``meta``, ``server`` and ``client`` config dicts."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        for rel in ("meta.json", SERVER_CONFIG, CLIENT_CONFIG):
+            if not (self.path / rel).is_file():
+                raise ConfigError(f"{self.path}: not a flaretune job folder (missing {rel})")
+        self.meta = self._read("meta.json")
+        self.server = self._read(SERVER_CONFIG)
+        self.client = self._read(CLIENT_CONFIG)
+
+    def _read(self, rel: str) -> dict:
+        path = self.path / rel
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+
+    # -- lookups ------------------------------------------------------------------------------------
+    def component(self, config: dict, component_id: str) -> dict:
+        for comp in config.get("components", []):
+            if comp.get("id") == component_id:
+                return comp
+        raise ConfigError(f"{self.path}: no component with id {component_id!r}")
+
+    def workflow(self) -> dict:
+        workflows = self.server.get("workflows", [])
+        if not workflows:
+            raise ConfigError(f"{self.path}/{SERVER_CONFIG}: no workflow")
+        return workflows[0]
+
+    def executor(self) -> dict:
+        executors = self.client.get("executors", [])
+        if not executors:
+            raise ConfigError(f"{self.path}/{CLIENT_CONFIG}: no executor")
+        return executors[0]["executor"]
+
+    @property
+    def executor_args(self) -> dict:
+        return self.executor().setdefault("args", {})
+
+    @property
+    def persistor_args(self) -> dict:
+        return self.component(self.server, "persistor").setdefault("args", {})
+
+    @property
+    def workflow_args(self) -> dict:
+        return self.workflow().setdefault("args", {})
+
+    @property
+    def num_rounds(self) -> int:
+        value = self.workflow_args.get("num_rounds", 1)
+        if isinstance(value, str) and value.startswith("{"):
+            value = self.server[value.strip("{}")]
+        return int(value)
+
+    # -- edits --------------------------------------------------------------------------------------
+    def set_rounds(self, rounds: int) -> None:
+        self.server["num_rounds"] = rounds
+        self.workflow_args["num_rounds"] = "{num_rounds}"
+
+    def set_sites(self, n_sites: int) -> None:
+        self.meta["min_clients"] = n_sites
+
+    def set_quantization(self, qtype: Optional[str], train_tasks: List[str], data_tasks: List[str]) -> None:
+        """Quantize both directions (or none): server→client task data, client→server results.
+
+        Filters are named task by task: FLARE 2.9 never runs a filter registered for ``"*"``.
+        """
+        for config in (self.server, self.client):
+            config["task_data_filters"] = [f for f in config.get("task_data_filters", []) if not _is_quant(f)]
+            config["task_result_filters"] = [f for f in config.get("task_result_filters", []) if not _is_quant(f)]
+        if not qtype or qtype == "none":
+            return
+        quantize = {"path": QUANTIZE_FILTER, "args": {"quantization_type": qtype}}
+        dequantize = {"path": DEQUANTIZE_FILTER, "args": {}}
+        self.server["task_data_filters"].append({"tasks": list(data_tasks), "filters": [copy.deepcopy(quantize)]})
+        self.client["task_data_filters"].append({"tasks": list(data_tasks), "filters": [copy.deepcopy(dequantize)]})
+        self.client["task_result_filters"].append({"tasks": list(train_tasks), "filters": [copy.deepcopy(quantize)]})
+        self.server["task_result_filters"].append({"tasks": list(train_tasks), "filters": [copy.deepcopy(dequantize)]})
+
+    def quantization(self) -> Optional[str]:
+        for entry in self.client.get("task_result_filters", []):
+            for flt in entry.get("filters", []):
+                if flt.get("path") == QUANTIZE_FILTER:
+                    return flt.get("args", {}).get("quantization_type", "nf4")
+        return None
+
+    def write(self, out_dir) -> Path:
+        """Write a copy (the whole folder, then the edited configs) to ``out_dir``."""
+        out = Path(out_dir)
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(self.path, out)
+        for rel, data in (("meta.json", self.meta), (SERVER_CONFIG, self.server), (CLIENT_CONFIG, self.client)):
+            (out / rel).write_text(json.dumps(data, indent=2) + "\n")
+        return out
+
+
+def _is_quant(entry: Dict) -> bool:
+    return any(f.get("path") in (QUANTIZE_FILTER, DEQUANTIZE_FILTER) for f in entry.get("filters", []))
