@@ -17,6 +17,7 @@ _COMMANDS = {
     "compare": "flaretune.compare",
     "export": "flaretune.export",
     "bench": "flaretune.bench.cli",
+    "site-policy": "flaretune.provisioning.cli",
 }
 
 

@@ -1,0 +1,205 @@
+"""A FLARE POC network on loopback, for tests and benchmarks: prepare, start, submit, stop.
+
+Everything lives under one root folder: ``HOME`` (so nothing is written to the real home), the POC
+workspace and the logs. The server listens on 127.0.0.1 only, on a free port. All processes run in
+one new process group, so :meth:`PocNetwork.stop` ends every one of them, also after a failure.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from flaretune.errors import FlaretuneError
+from flaretune.provisioning.policy import allow_in_local_dir
+from flaretune.simulate import nvflare_command, venv_env
+
+ADMIN = "admin@nvidia.com"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PocNetwork:
+    def __init__(self, root, n_clients: int = 3, extra_env: Optional[dict] = None):
+        self.root = Path(root).resolve()
+        self.n_clients = n_clients
+        self.port = free_port()
+        self.extra_env = extra_env or {}
+        self.workspace = self.root / "poc"
+        self._group: Optional[int] = None
+
+    @property
+    def env(self) -> dict:
+        home = self.root / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        return venv_env({"HOME": str(home), "NVFLARE_POC_WORKSPACE": str(self.workspace), **self.extra_env})
+
+    @property
+    def prod_dir(self) -> Path:
+        hits = sorted(self.workspace.glob("*/prod_*"))
+        if not hits:
+            raise FlaretuneError(f"no POC kits under {self.workspace}: was prepare() run?")
+        return hits[-1]
+
+    @property
+    def admin_kit(self) -> Path:
+        return self.prod_dir / ADMIN
+
+    def _nvflare(self, *args, timeout: float = 180) -> str:
+        proc = subprocess.run(nvflare_command() + list(args), env=self.env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.root)
+        if proc.returncode != 0:
+            raise FlaretuneError(f"nvflare {' '.join(args)} failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        return proc.stdout
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._nvflare("poc", "prepare", "-n", str(self.n_clients), "--force")
+        self._bind_loopback()
+        for site in self.sites():
+            allow_in_local_dir(self.prod_dir / site / "local")
+        allow_in_local_dir(self.prod_dir / "server" / "local")
+
+    def sites(self):
+        return [f"site-{i}" for i in range(1, self.n_clients + 1)]
+
+    def _edit_json(self, path: Path, edit) -> None:
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data, indent=2))
+
+    def _bind_loopback(self) -> None:
+        """Server on 127.0.0.1:<free port>; clients and admin connect there."""
+
+        def server(data):
+            for srv in data["servers"]:
+                srv["service"]["target"] = f"localhost:{self.port}"
+                srv["admin_port"] = self.port
+
+        def client(data):
+            for srv in data["servers"]:
+                srv["service"]["target"] = f"localhost:{self.port}"
+
+        def admin(data):
+            data["admin"]["host"] = "localhost"
+            data["admin"]["port"] = self.port
+
+        prod = self.prod_dir
+        self._edit_json(prod / "server" / "startup" / "fed_server.json", server)
+        for site in self.sites():
+            self._edit_json(prod / site / "startup" / "fed_client.json", client)
+        for kit in prod.glob("*@*"):
+            self._edit_json(kit / "startup" / "fed_admin.json", admin)
+
+    def start(self, timeout: float = 120) -> None:
+        log = open(self.root / "poc.log", "a")
+        proc = subprocess.Popen(nvflare_command() + ["poc", "start"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True)
+        self._group = proc.pid
+        proc.wait(timeout=timeout)
+        self._wait_ready(timeout)
+
+    def session(self, timeout: float = 60):
+        from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+        return new_secure_session(ADMIN, str(self.admin_kit), timeout=timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            try:
+                sess = self.session(timeout=10)
+                try:
+                    clients = sess.get_system_info().client_info
+                    if len(clients) >= self.n_clients:
+                        return
+                    last = f"{len(clients)}/{self.n_clients} clients connected"
+                finally:
+                    sess.close()
+            except Exception as err:  # the server is still starting
+                last = str(err)
+            time.sleep(2)
+        raise FlaretuneError(f"POC network not ready after {timeout:.0f}s: {last}; logs under {self.root}")
+
+    def stop(self) -> None:
+        """Stop politely, then end whatever is left in the process group and under the workspace."""
+        try:
+            subprocess.run(nvflare_command() + ["poc", "stop"], env=self.env, capture_output=True, timeout=60,
+                           stdin=subprocess.DEVNULL, cwd=self.root)
+        except (subprocess.TimeoutExpired, OSError):
+            pass
+        time.sleep(2)
+        for pid in self._workspace_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self._group:
+            try:
+                os.killpg(self._group, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _workspace_pids(self):
+        """Processes whose command line names our POC workspace (they may have left the group)."""
+        marker = str(self.workspace)
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline:
+                pids.append(int(entry.name))
+        return pids
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+def submit_and_wait(network: PocNetwork, job_dir, timeout: float = 900):
+    """Submit a job folder through the FLARE API, wait until it finishes, download its result."""
+    sess = network.session()
+    try:
+        job_id = sess.submit_job(str(Path(job_dir).resolve()))
+        deadline = time.time() + timeout
+        status = None
+        while time.time() < deadline:
+            meta = sess.get_job_meta(job_id)
+            status = meta.get("status")
+            if status and status.startswith("FINISHED"):
+                break
+            time.sleep(3)
+        else:
+            sess.abort_job(job_id)
+            raise FlaretuneError(f"job {job_id} did not finish within {timeout:.0f}s (last status {status})")
+        result = sess.download_job_result(job_id)
+        return job_id, status, Path(result) if result else None
+    finally:
+        sess.close()
+
+
+if __name__ == "__main__":  # manual check: python -m flaretune.poc ROOT
+    net = PocNetwork(sys.argv[1])
+    net.prepare()
+    try:
+        net.start()
+        print("ready on port", net.port)
+    finally:
+        net.stop()

@@ -1,0 +1,12 @@
+"""Shared fixtures: every test runs with a temporary HOME and model cache, so nothing touches the real home."""
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.getbasetemp() / "home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("FLARETUNE_DATA_DIR", raising=False)
+    monkeypatch.setenv("FLARETUNE_CACHE", str(tmp_path_factory.getbasetemp() / "flaretune-cache"))

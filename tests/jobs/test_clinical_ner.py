@@ -1,0 +1,81 @@
+"""jobs/clinical_ner end to end in the FLARE simulator, with the commands the README gives."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flaretune.simulate import find_server_run_dir, venv_env
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory, small_hospitals, tiny_clinical_job):
+    root = tmp_path_factory.mktemp("clinical_sim")
+    job = tiny_clinical_job(root / "job", small_hospitals, rounds=2)
+    ws = root / "ws"
+    env = venv_env()
+    subprocess.run([str(BIN / "flaretune"), "site-policy", str(ws)], check=True, env=env)
+    proc = subprocess.run(
+        [str(BIN / "nvflare"), "simulator", str(job), "-w", str(ws), "-n", "3", "-t", "3"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = find_server_run_dir(ws)
+    assert run_dir is not None, f"no global model written; simulator output:\n{proc.stdout[-3000:]}"
+    return run_dir
+
+
+def test_rounds_are_aggregated_and_persisted(simulated):
+    history = json.loads((simulated / "global_model" / "history.json").read_text())
+    assert [r["round"] for r in history["rounds"]] == [0, 1]
+    for record in history["rounds"]:
+        assert sorted(record["clients"]) == ["site-1", "site-2", "site-3"]
+        for client in record["clients"].values():
+            assert client["num_examples"] > 0
+            assert 0.0 <= client["metrics"]["local_f1"] <= 1.0
+            assert "global_f1_Chemical" in client["metrics"] or "global_f1_Disease" in client["metrics"]
+    assert sorted(history["final"]) == ["site-1", "site-2", "site-3"]
+    assert all(0.0 <= m["f1"] <= 1.0 for m in history["final"].values())
+    assert (simulated / "global_model" / "round-000.safetensors").exists()
+    assert (simulated / "global_model" / "round-001.safetensors").exists()
+
+
+def test_only_adapter_tensors_travel(simulated):
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(simulated / "global_model" / "round-001.safetensors"))
+    assert all("lora_" in name or "classifier" in name for name in tensors)
+    history = json.loads((simulated / "global_model" / "history.json").read_text())
+    upload = history["rounds"][0]["clients"]["site-1"]["upload_param_bytes"]
+    assert upload == sum(t.nbytes for t in tensors.values())
+
+
+def test_metrics_reach_tensorboard(simulated):
+    events = list((simulated / "tb_events").glob("site-*/events.out.tfevents.*"))
+    assert {p.parent.name for p in events} == {"site-1", "site-2", "site-3"}
+
+
+def test_adapter_loads_with_peft_and_exports_merged(simulated, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForTokenClassification
+
+    from flaretune.cli import main
+    from flaretune.models import load_base_model
+    from flaretune.models.lora import read_adapter_spec
+
+    adapter = simulated / "global_model" / "adapter"
+    spec = read_adapter_spec(adapter)
+    peft_model = PeftModel.from_pretrained(load_base_model(spec.model_name, labels=spec.labels), str(adapter)).eval()
+    assert main(["export", str(adapter), "--merge", "--out", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").exists()
+    merged = AutoModelForTokenClassification.from_pretrained(str(tmp_path / "merged")).eval()
+    assert merged.config.id2label[1] == "B-Chemical"
+    ids = torch.tensor([[101, 7592, 2000, 3000, 102]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, peft_model(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
