@@ -109,11 +109,12 @@ class JobFolder:
         return None
 
     def write(self, out_dir) -> Path:
-        """Write a copy (the whole folder, then the edited configs) to ``out_dir``."""
+        """Write a copy (the whole folder, then the edited configs) to ``out_dir``, or save in place."""
         out = Path(out_dir)
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(self.path, out)
+        if out.resolve() != self.path.resolve():
+            if out.exists():
+                shutil.rmtree(out)
+            shutil.copytree(self.path, out)
         for rel, data in (("meta.json", self.meta), (SERVER_CONFIG, self.server), (CLIENT_CONFIG, self.client)):
             (out / rel).write_text(json.dumps(data, indent=2) + "\n")
         return out
