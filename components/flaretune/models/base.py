@@ -80,7 +80,8 @@ def load_base_model(name: str, num_labels: Optional[int] = None, labels: Optiona
         )
         return transformers.BertForTokenClassification(config)
     if name == "smollm2-135m":
-        return transformers.AutoModelForCausalLM.from_pretrained(str(dequantized_dir()), dtype=torch.float32)
+        with _quiet_transformers():
+            return transformers.AutoModelForCausalLM.from_pretrained(str(dequantized_dir()), dtype=torch.float32)
     tokenizer = load_tokenizer(name)
     config = transformers.LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -98,9 +99,11 @@ class _quiet_transformers:
 
         self._level = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
 
     def __exit__(self, *exc):
         import transformers
 
         transformers.logging.set_verbosity(self._level)
+        transformers.logging.enable_progress_bar()
         return False
