@@ -1,0 +1,154 @@
+"""Sending side, pure: which chunk goes next, retries of refused or lost chunks, and fault injection for tests.
+
+Each stream goes to all receivers at once (each chunk is read from disk once and broadcast); several streams
+may pull chunks from one scheduler so that reading, sending and writing overlap. A chunk is sent if any
+receiver still needs it; receivers that already have it simply acknowledge. A chunk refused by any receiver
+(sha256 mismatch) or lost (no reply) goes back to the front of the queue, up to ``max_retries`` times.
+"""
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from flaretune.errors import ConfigError, FlaretuneError
+from flaretune.streaming.chunks import Chunk, FileEntry, Manifest
+
+
+class TransferError(FlaretuneError):
+    """The push could not complete; the message names the site and the file."""
+
+
+@dataclass
+class Reply:
+    """What one receiver said about one chunk: ``ok``, ``nack`` (retry it) or ``fail`` (give up)."""
+
+    status: str
+    reason: str = ""
+
+
+class ChunkScheduler:
+    def __init__(self, manifest: Manifest, need_by_site: Dict[str, Dict[str, List[int]]], max_retries: int = 3):
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        self.manifest = manifest
+        self.max_retries = max_retries
+        wanted = set()
+        for need in need_by_site.values():
+            for name, indices in need.items():
+                wanted.update((name, i) for i in indices)
+        self._entries = {f.name: f for f in manifest.files}
+        order = {f.name: k for k, f in enumerate(manifest.files)}
+        self._queue: deque = deque(sorted(wanted, key=lambda item: (order[item[0]], item[1])))
+        self._chunks = {f.name: f.chunks(manifest.chunk_size) for f in manifest.files}
+        self.attempts: Dict[Tuple[str, int], int] = {}
+        self.total_bytes = sum(self._chunks[n][i].length for n, i in self._queue)
+        self.sent_bytes = 0  # first sends only: progress, not wire traffic
+        self.retries = 0
+        self.error: Optional[str] = None
+        self._in_flight = 0
+        self._cond = threading.Condition()
+
+    def next(self) -> Optional[Tuple[FileEntry, Chunk]]:
+        """The next chunk to send; None once every needed chunk was acknowledged (or the push failed).
+
+        Blocks while the queue is empty but chunks are still in flight on other streams: one of them may
+        come back for a resend.
+        """
+        with self._cond:
+            while not self._queue and self._in_flight and not self.error:
+                self._cond.wait(1.0)
+            if not self._queue or self.error:
+                return None
+            key = self._queue.popleft()
+            self._in_flight += 1
+            self.attempts[key] = self.attempts.get(key, 0) + 1
+            chunk = self._chunks[key[0]][key[1]]
+            if self.attempts[key] == 1:
+                self.sent_bytes += chunk.length
+            return self._entries[key[0]], chunk
+
+    def record(self, name: str, index: int, replies: Dict[str, Reply]):
+        """Act on the receivers' verdicts on chunk ``index`` of file ``name``; raises TransferError to stop."""
+        key = (name, index)
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+            try:
+                self._record(key, replies)
+            except TransferError as err:
+                self.error = self.error or str(err)
+                raise
+
+    def _record(self, key: Tuple[str, int], replies: Dict[str, Reply]):
+        name, index = key
+        failed = {site: r for site, r in replies.items() if r.status == "fail"}
+        if failed:
+            site, r = sorted(failed.items())[0]
+            raise TransferError(f"model push to {site} failed on file {name}: {_strip(r.reason, name)}")
+        refused = {site: r for site, r in replies.items() if r.status != "ok"}
+        if not refused:
+            return
+        tries = self.attempts[key]
+        site, r = sorted(refused.items())[0]
+        if tries > self.max_retries:
+            raise TransferError(
+                f"model push to {site} failed on file {name}: chunk {index} still refused after {tries} attempts "
+                f"({_strip(r.reason, name) or r.status}); the file was not published"
+            )
+        self.retries += 1
+        self._queue.appendleft(key)
+
+    def abort(self, reason: str):
+        with self._cond:
+            self.error = self.error or reason
+            self._cond.notify_all()
+
+
+def _strip(reason: str, name: str) -> str:
+    return reason[len(name) + 2 :] if reason.startswith(name + ": ") else reason
+
+
+# ---- fault injection (tests only) -----------------------------------------------------------------
+FaultFn = Callable[[str, int, int, bytes], bytes]  # (file name, chunk index, attempt, data) -> data to send
+
+
+def corrupter(specs: Optional[Sequence[dict]]) -> Optional[FaultFn]:
+    """Build a fault function from JSON-able specs ``[{"file": name or "*", "chunk": i, "times": n}]``.
+
+    The first ``times`` sends of that chunk go out with one byte flipped (its sha256 still the true one), so
+    receivers must refuse them. ``times`` greater than the sender's ``max_retries`` makes the file fail.
+    A spec ``{"file": name, "file_sha256": true}`` instead announces a wrong whole-file sha256 for that file
+    (see ``corrupt_manifest``): every chunk checks out, the file must still never be published.
+    """
+    if not specs:
+        return None
+    table = {}
+    for spec in specs:
+        if not isinstance(spec, dict) or ("chunk" not in spec and not spec.get("file_sha256")):
+            raise ConfigError(
+                "corrupt_chunks entries look like {'file': '*', 'chunk': 0, 'times': 1} or "
+                f"{{'file': 'name', 'file_sha256': true}}, got {spec!r}"
+            )
+        if "chunk" in spec:
+            table[(str(spec.get("file", "*")), int(spec["chunk"]))] = int(spec.get("times", 1))
+
+    def corrupt(name: str, index: int, attempt: int, data: bytes) -> bytes:
+        times = table.get((name, index), table.get(("*", index), 0))
+        if attempt > times or not data:
+            return data
+        flipped = bytearray(data)
+        flipped[len(flipped) // 2] ^= 0xFF
+        return bytes(flipped)
+
+    return corrupt
+
+
+def corrupt_manifest(manifest: Manifest, specs: Optional[Sequence[dict]]) -> Manifest:
+    """Apply the ``file_sha256`` specs of ``corrupter``: announce a wrong whole-file sha256 (tests only)."""
+    for spec in specs or []:
+        if spec.get("file_sha256"):
+            for entry in manifest.files:
+                if spec.get("file", "*") in ("*", entry.name):
+                    entry.sha256 = "0" * 64
+    return manifest
