@@ -110,7 +110,10 @@ class FedAggController(ModelController):
                 "clients": {self._client_name(r): self._client_record(r) for r in results},
             }
             history["rounds"].append(record)
-            self.info(f"round {round_number + 1}/{self.num_rounds} done: {self._summary(record)}")
+            self.info(
+                f"round {round_number + 1}/{self.num_rounds} done in {record['seconds']:.0f}s; "
+                f"F1 after local training: {self._summary(record)}"
+            )
             self._save(global_params, base_meta, round_number, final=round_number == self.num_rounds - 1)
             self._history_path().write_text(json.dumps(history, indent=2))
 
@@ -118,7 +121,7 @@ class FedAggController(ModelController):
             final_model = FLModel(params_type=ParamsType.FULL, params=global_params, meta=dict(base_meta))
             results = self.send_model_and_wait(task_name=self.validate_task_name, data=final_model)
             history["final"] = {self._client_name(r): r.metrics or {} for r in results}
-            self.info(f"final global model on each site's test split: {self._summary({'clients': history['final']})}")
+            self.info(f"final global model, F1 on each site's test split: {self._summary({'clients': history['final']})}")
             self._history_path().write_text(json.dumps(history, indent=2))
 
     def _aggregate(self, global_params, results: List[FLModel]):
@@ -152,10 +155,11 @@ class FedAggController(ModelController):
         }
 
     @staticmethod
-    def _summary(record) -> str:
+    def _summary(record, key: str = "local_f1") -> str:
+        """``site-1 0.912, site-2 0.874``: each site's F1 on its own test split."""
         parts = []
         for name, value in sorted(record["clients"].items()):
             metrics = value.get("metrics", value)
-            f1 = metrics.get("global_f1", metrics.get("f1"))
-            parts.append(f"{name} f1={f1:.3f}" if isinstance(f1, (int, float)) else name)
+            f1 = metrics.get(key, metrics.get("f1"))
+            parts.append(f"{name} {f1:.3f}" if isinstance(f1, (int, float)) else name)
         return ", ".join(parts)
