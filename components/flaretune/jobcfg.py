@@ -4,7 +4,6 @@
 site count, data paths, tiny test models, quantization) instead of keeping near-duplicate folders.
 """
 
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -84,22 +83,22 @@ class JobFolder:
     def set_sites(self, n_sites: int) -> None:
         self.meta["min_clients"] = n_sites
 
-    def set_quantization(self, qtype: Optional[str], train_tasks: List[str], data_tasks: List[str]) -> None:
-        """Quantize both directions (or none): server→client task data, client→server results.
+    def set_quantization(self, qtype: Optional[str], tasks: List[str]) -> None:
+        """Quantize both directions (or, for ``None``/``"none"``, neither).
 
-        Filters are named task by task: FLARE 2.9 never runs a filter registered for ``"*"``.
+        Server→client task data and client→server results; filters are named task by task
+        (FLARE 2.9 never runs a filter registered for ``"*"``).
         """
+        from flaretune.filters import filter_config
+
         for config in (self.server, self.client):
-            config["task_data_filters"] = [f for f in config.get("task_data_filters", []) if not _is_quant(f)]
-            config["task_result_filters"] = [f for f in config.get("task_result_filters", []) if not _is_quant(f)]
+            for key in ("task_data_filters", "task_result_filters"):
+                config[key] = [f for f in config.get(key, []) if not _is_quant(f)]
         if not qtype or qtype == "none":
             return
-        quantize = {"path": QUANTIZE_FILTER, "args": {"quantization_type": qtype}}
-        dequantize = {"path": DEQUANTIZE_FILTER, "args": {}}
-        self.server["task_data_filters"].append({"tasks": list(data_tasks), "filters": [copy.deepcopy(quantize)]})
-        self.client["task_data_filters"].append({"tasks": list(data_tasks), "filters": [copy.deepcopy(dequantize)]})
-        self.client["task_result_filters"].append({"tasks": list(train_tasks), "filters": [copy.deepcopy(quantize)]})
-        self.server["task_result_filters"].append({"tasks": list(train_tasks), "filters": [copy.deepcopy(dequantize)]})
+        for side, config in (("server", self.server), ("client", self.client)):
+            for key, entries in filter_config(side, tasks, quantization_type=qtype).items():
+                config[key].extend(entries)
 
     def quantization(self) -> Optional[str]:
         for entry in self.client.get("task_result_filters", []):

@@ -79,3 +79,16 @@ def test_adapter_loads_with_peft_and_exports_merged(simulated, tmp_path):
     ids = torch.tensor([[101, 7592, 2000, 3000, 102]])
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, peft_model(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_quantization_filters_run_both_ways(simulated):
+    """The shipped job quantizes task data (server) and results (sites); each side dequantizes."""
+    from flaretune.jobcfg import JobFolder
+
+    qtype = JobFolder(simulated.parents[2] / "job").quantization()
+    assert qtype, "jobs/clinical_ner ships with quantization filters in both directions"
+    workspace = simulated.parents[1]
+    server_log = "".join(p.read_text(errors="replace") for p in (workspace / "server").glob("**/log.txt"))
+    site_log = "".join(p.read_text(errors="replace") for p in workspace.glob("site-1/**/log.txt"))
+    for log in (server_log, site_log):
+        assert f"{qtype} quantized" in log and f"{qtype} dequantized" in log

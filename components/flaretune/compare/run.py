@@ -11,8 +11,7 @@ from flaretune.compare.report import write_plot
 from flaretune.jobcfg import JobFolder
 from flaretune.models.lora import PeftSpec
 
-TRAIN_TASKS = ["train", "submit_model"]
-DATA_TASKS = ["train", "validate"]
+TASKS = ["train", "validate", "submit_model"]
 
 
 def _say(message: str) -> None:
@@ -81,7 +80,7 @@ def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed
     ex.update({"data_path": str(data.root / "{site_name}"), "seed": seed,
                "num_threads": max(1, (os.cpu_count() or 2) // sites)})
     if quantize is not None:
-        job.set_quantization(quantize, TRAIN_TASKS, DATA_TASKS)
+        job.set_quantization(quantize, TASKS)
     quantization = job.quantization()
     run_job = job.write(out / "job")
     _say(f"[2/5] federated: {rounds} rounds × {epochs_per_round:g} local epochs, {sites} sites, "
