@@ -61,6 +61,11 @@ def dequantized_dir() -> Path:
         logger.info("dequantising %s once into %s (about 20 s)", GGUF_FILE, cache_dir())
         source = str(package_dir(SMOLLM2))
         model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
+        # the weights are plain float32 now, but transformers still marks the model GGUF-quantized
+        # and refuses to save it: drop the marker
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(str(tmp), safe_serialization=True)
         AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE).save_pretrained(str(tmp))
 
