@@ -1,28 +1,10 @@
-"""FLARE Executor for LoRA token classification: a thin adapter over :class:`NerTrainer`.
+"""FLARE Executor for LoRA token classification: :class:`PeftExecutor` over :class:`NerTrainer`.
 
-Tasks: ``train`` (evaluate the received global adapter, train locally, return adapter + head),
-``validate`` (score the received adapter on the site's test split), ``submit_model`` (return the
-site's last local adapter). Only trainable tensors leave the site; the frozen base never does.
+The ``train`` result carries the LoRA matrices and the token-classification head; scores are strict
+entity precision/recall/F1 (seqeval), overall and per entity type.
 """
 
-import time
-from typing import Optional
-
-import numpy as np
-
-from nvflare.apis.dxo import MetaKey
-from nvflare.apis.executor import Executor
-from nvflare.apis.fl_constant import ReturnCode
-from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable, make_reply
-from nvflare.apis.signal import Signal
-from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
-from nvflare.app_common.utils.fl_model_utils import FLModelUtils
-
-from flaretune.aggregation.controller import FEDPROX_MU_KEY, NUM_EXAMPLES_KEY
-from flaretune.aggregation.persistor import SPEC_META_KEY
-from flaretune.errors import FlaretuneError
-from flaretune.models.lora import PeftSpec
+from flaretune.executors.base import PeftExecutor
 
 
 def _flat_metrics(scores: dict, prefix: str = "") -> dict:
@@ -33,7 +15,11 @@ def _flat_metrics(scores: dict, prefix: str = "") -> dict:
     return flat
 
 
-class PeftTrainExecutor(Executor):
+class PeftTrainExecutor(PeftExecutor):
+    """Clinical NER sites: CoNLL files or the synthetic hospital (``synthetic_*`` arguments)."""
+
+    headlines = ("f1",)
+
     def __init__(
         self,
         data_path: str = "",
@@ -53,114 +39,28 @@ class PeftTrainExecutor(Executor):
         submit_model_task_name: str = "submit_model",
         tracking_writer_id: str = "tb_writer",
     ):
-        super().__init__()
-        self.data_path = data_path
-        self.local_epochs = local_epochs
-        self.max_steps = max_steps
-        self.learning_rate = learning_rate
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.seed = seed
-        self.send_diff = send_diff
+        super().__init__(
+            data_path=data_path, local_epochs=local_epochs, max_steps=max_steps, learning_rate=learning_rate,
+            batch_size=batch_size, max_length=max_length, seed=seed, send_diff=send_diff, num_threads=num_threads,
+            train_task_name=train_task_name, validate_task_name=validate_task_name,
+            submit_model_task_name=submit_model_task_name, tracking_writer_id=tracking_writer_id,
+        )
         self.synthetic_sites = synthetic_sites
         self.synthetic_skew = synthetic_skew
         self.synthetic_train_size = synthetic_train_size
-        self.num_threads = num_threads
-        self.train_task_name = train_task_name
-        self.validate_task_name = validate_task_name
-        self.submit_model_task_name = submit_model_task_name
-        self.tracking_writer_id = tracking_writer_id
-        self._trainer = None
-        self._train = self._test = None
-        self._local_params = None
-        self._writer = None
 
-    # -- set-up ---------------------------------------------------------------------------------
-    def _prepare(self, spec_dict: dict, fl_ctx: FLContext) -> None:
-        from flaretune.train.ner_trainer import NerTrainer
+    def load_data(self, site_name: str):
         from flaretune.train.site_data import load_site_ner_data
 
-        spec = PeftSpec.from_dict(spec_dict)
-        if self._trainer is not None and self._trainer.spec == spec:
-            return
-        site = fl_ctx.get_identity_name()
-        data = load_site_ner_data(
-            site, self.data_path, seed=self.seed, synthetic_sites=self.synthetic_sites,
+        return load_site_ner_data(
+            site_name, self.data_path, seed=self.seed, synthetic_sites=self.synthetic_sites,
             synthetic_skew=self.synthetic_skew, synthetic_train_size=self.synthetic_train_size,
         )
-        self._trainer = NerTrainer(spec, max_length=self.max_length, num_threads=self.num_threads)
-        self._train = self._trainer.encode(data.train)
-        self._test = self._trainer.encode(data.test)
-        self._writer = fl_ctx.get_engine().get_component(self.tracking_writer_id) if self.tracking_writer_id else None
-        self.log_info(
-            fl_ctx,
-            f"{site}: {len(data.train)} train / {len(data.test)} test sentences from {data.source}; "
-            f"{self._trainer.trainable_count():,} trainable parameters",
-        )
 
-    # -- FLARE entry point ----------------------------------------------------------------------
-    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
-        if task_name not in (self.train_task_name, self.validate_task_name, self.submit_model_task_name):
-            self.log_error(fl_ctx, f"unknown task {task_name!r}")
-            return make_reply(ReturnCode.TASK_UNKNOWN)
-        try:
-            incoming = FLModelUtils.from_shareable(shareable)
-            spec = (incoming.meta or {}).get(SPEC_META_KEY)
-            if spec is None:
-                self.log_error(fl_ctx, f"task {task_name!r} carries no '{SPEC_META_KEY}': use PeftAdapterPersistor")
-                return make_reply(ReturnCode.BAD_TASK_DATA)
-            self._prepare(spec, fl_ctx)
-            if task_name == self.train_task_name:
-                return self._do_train(incoming, fl_ctx, abort_signal)
-            if task_name == self.validate_task_name:
-                self._trainer.set_params(incoming.params)
-                metrics = _flat_metrics(self._trainer.evaluate(self._test))
-                self.log_info(fl_ctx, f"validation of the received model: f1={metrics['f1']:.4f}")
-                return FLModelUtils.to_shareable(FLModel(metrics=metrics, meta={NUM_EXAMPLES_KEY: len(self._test)}))
-            params = self._local_params if self._local_params is not None else incoming.params
-            return FLModelUtils.to_shareable(FLModel(params_type=ParamsType.FULL, params=params))
-        except FlaretuneError as err:
-            self.log_error(fl_ctx, f"{task_name}: {err}")
-            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+    def make_trainer(self, spec):
+        from flaretune.train.ner_trainer import NerTrainer
 
-    def _do_train(self, incoming: FLModel, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
-        round_number = incoming.current_round or 0
-        global_params = {k: np.asarray(v, dtype=np.float32) for k, v in incoming.params.items()}
-        self._trainer.set_params(global_params)
-        global_metrics = _flat_metrics(self._trainer.evaluate(self._test), prefix="global_")
-        started = time.time()
-        result = self._trainer.fit(
-            self._train, epochs=self.local_epochs, learning_rate=self.learning_rate, batch_size=self.batch_size,
-            seed=self.seed + round_number, max_steps=self.max_steps,
-            fedprox_mu=float((incoming.meta or {}).get(FEDPROX_MU_KEY, 0.0)),
-            should_stop=lambda: abort_signal.triggered,
-        )
-        if result.aborted:
-            self.log_info(fl_ctx, f"round {round_number}: aborted after {result.steps} steps")
-            return make_reply(ReturnCode.TASK_ABORTED)
-        local = {k: v.numpy() for k, v in self._trainer.get_params().items()}
-        self._local_params = local
-        local_metrics = _flat_metrics(self._trainer.evaluate(self._test), prefix="local_")
-        metrics = {**global_metrics, **local_metrics, "train_loss": result.mean_loss}
-        self._track(metrics, round_number)
-        params = {k: v - global_params[k] for k, v in local.items()} if self.send_diff else local
-        upload = int(sum(v.nbytes for v in params.values()))
-        self.log_info(
-            fl_ctx,
-            f"round {round_number}: {result.steps} steps in {time.time() - started:.1f}s, loss {result.mean_loss:.4f}, "
-            f"global f1 {metrics['global_f1']:.4f} -> local f1 {metrics['local_f1']:.4f}, upload {upload:,} bytes",
-        )
-        reply = FLModel(
-            params_type=ParamsType.DIFF if self.send_diff else ParamsType.FULL,
-            params=params,
-            metrics=metrics,
-            current_round=round_number,
-            meta={NUM_EXAMPLES_KEY: len(self._train), "upload_param_bytes": upload, MetaKey.NUM_STEPS_CURRENT_ROUND: result.steps},
-        )
-        return FLModelUtils.to_shareable(reply)
+        return NerTrainer(spec, max_length=self.max_length, num_threads=self.num_threads)
 
-    def _track(self, metrics: dict, round_number: int) -> None:
-        if self._writer is None:
-            return
-        for name, value in metrics.items():
-            self._writer.add_scalar(name, float(value), global_step=round_number)
+    def flat_metrics(self, scores: dict, prefix: str = "") -> dict:
+        return _flat_metrics(scores, prefix)

@@ -1,0 +1,89 @@
+"""FLARE Executor for LoRA instruction tuning of a causal LM: :class:`PeftExecutor` over :class:`InstructTrainer`.
+
+Banks train on ChatML instruction records (answer tokens only). Label-word answers are scored by
+label log-likelihood (``accuracy``, ``macro_f1``, ``f1_<label>``); free-form answers by mean
+answer loss and ``perplexity``. The global model of round 0 is the zero-shot base model.
+"""
+
+from typing import List, Optional
+
+from flaretune.data.types import SENTIMENT_LABELS
+from flaretune.errors import ConfigError
+from flaretune.executors.base import PeftExecutor
+
+_SCALARS = ("accuracy", "macro_f1", "answer_loss", "perplexity")
+
+
+def flat_causal_metrics(scores: dict, prefix: str = "") -> dict:
+    """InstructTrainer scores → flat floats; per-label F1 as ``f1_<label>``."""
+    flat = {f"{prefix}{name}": float(scores[name]) for name in _SCALARS if name in scores}
+    for label, values in scores.get("per_label", {}).items():
+        flat[f"{prefix}f1_{label}"] = float(values["f1"])
+    return flat
+
+
+class PeftCausalLMExecutor(PeftExecutor):
+    """Bank sites: instruction JSONL / PhraseBank files, or the SYNTHETIC bank (``synthetic_*`` arguments)."""
+
+    headlines = ("accuracy", "answer_loss")
+
+    def __init__(
+        self,
+        data_path: str = "",
+        local_epochs: float = 1.0,
+        max_steps: int = 0,
+        learning_rate: float = 1e-3,
+        batch_size: int = 8,
+        max_length: int = 96,
+        seed: int = 0,
+        send_diff: bool = False,
+        system_prompt: Optional[str] = None,
+        label_words: Optional[List[str]] = None,
+        eval_batch_size: int = 16,
+        synthetic_sites: int = 3,
+        synthetic_alpha: float = 0.5,
+        synthetic_train_size: int = 0,
+        synthetic_test_size: int = 100,
+        num_threads: int = 0,
+        train_task_name: str = "train",
+        validate_task_name: str = "validate",
+        submit_model_task_name: str = "submit_model",
+        tracking_writer_id: str = "tb_writer",
+    ):
+        super().__init__(
+            data_path=data_path, local_epochs=local_epochs, max_steps=max_steps, learning_rate=learning_rate,
+            batch_size=batch_size, max_length=max_length, seed=seed, send_diff=send_diff, num_threads=num_threads,
+            train_task_name=train_task_name, validate_task_name=validate_task_name,
+            submit_model_task_name=submit_model_task_name, tracking_writer_id=tracking_writer_id,
+        )
+        self.system_prompt = system_prompt
+        self.label_words = label_words
+        self.eval_batch_size = eval_batch_size
+        self.synthetic_sites = synthetic_sites
+        self.synthetic_alpha = synthetic_alpha
+        self.synthetic_train_size = synthetic_train_size
+        self.synthetic_test_size = synthetic_test_size
+        if eval_batch_size < 1:
+            raise ConfigError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
+        if synthetic_alpha <= 0:
+            raise ConfigError(f"synthetic_alpha must be > 0 (Dirichlet concentration), got {synthetic_alpha}")
+
+    def load_data(self, site_name: str):
+        from flaretune.train.site_data import load_site_fin_data
+
+        return load_site_fin_data(
+            site_name, self.data_path, seed=self.seed, synthetic_sites=self.synthetic_sites,
+            synthetic_alpha=self.synthetic_alpha, synthetic_train_size=self.synthetic_train_size,
+            synthetic_test_size=self.synthetic_test_size,
+        )
+
+    def make_trainer(self, spec):
+        from flaretune.train.causal import InstructTrainer
+
+        return InstructTrainer(
+            spec, max_length=self.max_length, num_threads=self.num_threads, system_prompt=self.system_prompt,
+            label_words=self.label_words or SENTIMENT_LABELS, eval_batch_size=self.eval_batch_size,
+        )
+
+    def flat_metrics(self, scores: dict, prefix: str = "") -> dict:
+        return flat_causal_metrics(scores, prefix)

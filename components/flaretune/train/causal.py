@@ -1,0 +1,276 @@
+"""Instruction tuning of a causal LM with LoRA, and its evaluation, without FLARE.
+
+Each example becomes one ChatML conversation (optional system turn, user = instruction + input,
+assistant = output). The loss covers only the assistant's answer and its ``<|im_end|>``: prompt
+tokens are labelled -100, as in Alpaca/FinGPT supervised fine-tuning.
+
+Evaluation follows the label log-likelihood protocol used for zero-shot classification with LMs
+(Brown et al., 2020, "Language Models are Few-Shot Learners", Sec. 2.4): for an example whose answer
+is a label word, every candidate word is scored by the summed log-probability of its tokens right
+after the prompt and the argmax is the prediction, so a model that would not answer in one word is
+still scored. Free-form examples report the mean answer-token loss and its perplexity.
+"""
+
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Callable, Dict, List, Optional, Sequence
+
+from flaretune.data.types import SENTIMENT_LABELS
+from flaretune.errors import ConfigError
+from flaretune.models.lora import PeftSpec, adapter_state, load_adapter_state
+from flaretune.train import ner
+
+IGNORE_INDEX = ner.IGNORE_INDEX
+MIN_MAX_LENGTH = 32
+
+
+@dataclass
+class Encoded:
+    """One tokenised conversation; ``input_ids``/``labels`` are what :func:`ner.batches` pads."""
+
+    input_ids: List[int]  # prompt + answer + <|im_end|>
+    labels: List[int]  # IGNORE_INDEX over the prompt, the token ids over the answer
+    prompt_length: int
+    label: Optional[str]  # the gold label word when the answer is one, else None
+
+
+def prompt_ids(tokenizer, instruction: str, input_text: str, system_prompt: Optional[str], budget: int) -> List[int]:
+    """ChatML prompt ending in ``<|im_start|>assistant\\n``; a long user turn is cut at its end to fit ``budget``."""
+    content = f"{instruction}\n{input_text}" if input_text else instruction
+    messages = [{"role": "user", "content": content}]
+    if system_prompt is not None:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    cut = text.rindex(content) + len(content)
+    # the split falls on a special token, so the two halves tokenise as the whole does
+    head = tokenizer(text[:cut], add_special_tokens=False)["input_ids"]
+    tail = tokenizer(text[cut:], add_special_tokens=False)["input_ids"]
+    return head[: max(budget - len(tail), 1)] + tail
+
+
+def encode(
+    examples: Sequence,
+    tokenizer,
+    max_length: int = 96,
+    system_prompt: Optional[str] = None,
+    label_words: Sequence[str] = SENTIMENT_LABELS,
+) -> List[Encoded]:
+    """Tokenise ``Example`` records (instruction, input, output) for training and evaluation.
+
+    An answer that is a label word (any case, surrounding spaces) is trained as the canonical word,
+    the one evaluation scores. Answers longer than half of ``max_length`` are cut.
+    """
+    canonical = {word.lower(): word for word in label_words}
+    eos = tokenizer.eos_token_id
+    encoded = []
+    for example in examples:
+        label = canonical.get(example.output.strip().lower())
+        answer = tokenizer(label or example.output, add_special_tokens=False)["input_ids"] + [eos]
+        answer = answer[: max_length // 2]
+        prompt = prompt_ids(tokenizer, example.instruction, example.input, system_prompt, max_length - len(answer))
+        encoded.append(Encoded(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer, len(prompt), label))
+    return encoded
+
+
+def _left_padded(sequences: Sequence[Sequence[int]], pad_id: int):
+    """Left padding puts every sequence's last token in the last column; positions restart at 0 per row."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.tensor(seq)
+        mask[row, width - len(seq) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
+
+
+def score_candidates(model, prompts: Sequence[List[int]], candidates: Sequence[List[int]], pad_id: int, batch_size: int = 16):
+    """``(n_prompts, n_candidates)`` tensor: summed log-prob of each candidate's tokens after each prompt.
+
+    Single-token candidates (the usual case for label words) need one forward pass per prompt and
+    only the last position's logits; longer ones run prompt+candidate once per candidate.
+    """
+    import torch
+
+    model.eval()
+    longest = max(len(c) for c in candidates)
+    scores = torch.empty((len(prompts), len(candidates)))
+    with torch.no_grad():
+        if longest == 1:
+            index = torch.tensor([c[0] for c in candidates])
+            for start in range(0, len(prompts), batch_size):
+                ids, mask, pos = _left_padded(prompts[start : start + batch_size], pad_id)
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+                scores[start : start + ids.shape[0]] = logits.float().log_softmax(-1)[:, index]
+            return scores
+        pairs = [(p, c) for p in range(len(prompts)) for c in range(len(candidates))]
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            ids, mask, pos = _left_padded([prompts[p] + candidates[c] for p, c in chunk], pad_id)
+            # logits at column j predict column j+1: keep the ones that predict the candidate tokens
+            logprobs = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=longest + 1).logits
+            logprobs = logprobs[:, :-1].float().log_softmax(-1)
+            for row, (p, c) in enumerate(chunk):
+                cand = candidates[c]
+                picked = logprobs[row, longest - len(cand) :].gather(-1, torch.tensor(cand)[:, None])
+                scores[p, c] = picked.sum()
+    return scores
+
+
+def answer_logits(model, ids, mask, labels):
+    """Logits at the positions that predict an answer token, flattened, with those tokens as targets.
+
+    The vocabulary projection runs only there (``logits_to_keep`` as a boolean mask): for a one-word
+    answer after a 50-token prompt that skips ~20% of a training step's compute.
+    """
+    import torch
+
+    predicts_answer = torch.zeros_like(labels, dtype=torch.bool)
+    predicts_answer[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=predicts_answer).logits
+    return logits.reshape(-1, logits.shape[-1]), labels[:, 1:][predicts_answer[:, :-1]]
+
+
+class AnswerLoss:
+    """Wraps a causal LM so ``wrapper(input_ids, attention_mask, labels).loss`` is the mean answer-token
+    cross-entropy (what the HF model returns too), computed from the answer positions' logits only."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):  # train(), parameters(), ... go to the model
+        return getattr(self.model, name)
+
+    def __call__(self, input_ids, attention_mask, labels):
+        import torch
+
+        logits, targets = answer_logits(self.model, input_ids, attention_mask, labels)
+        return SimpleNamespace(loss=torch.nn.functional.cross_entropy(logits.float(), targets))
+
+
+def answer_loss(model, encoded: Sequence[Encoded], pad_id: int, batch_size: int = 8):
+    """Token-weighted mean cross-entropy over the answer tokens, and the number of tokens."""
+    import torch
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ids, mask, labels in ner.batches(encoded, batch_size, pad_id):
+            logits, targets = answer_logits(model, ids, mask, labels)
+            total += float(torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"))
+            count += int(targets.numel())
+    return total / max(count, 1), count
+
+
+def classification_scores(gold: Sequence[str], predicted: Sequence[str]) -> Dict[str, object]:
+    """Accuracy and per-label precision/recall/F1 (fractions); macro F1 over labels seen in gold or predictions."""
+    labels = sorted(set(gold) | set(predicted))
+    per_label = {}
+    for label in labels:
+        tp = sum(g == label and p == label for g, p in zip(gold, predicted))
+        fp = sum(g != label and p == label for g, p in zip(gold, predicted))
+        fn = sum(g == label and p != label for g, p in zip(gold, predicted))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_label[label] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
+    correct = sum(g == p for g, p in zip(gold, predicted))
+    return {
+        "accuracy": correct / len(gold) if gold else 0.0,
+        "macro_f1": sum(v["f1"] for v in per_label.values()) / len(per_label) if per_label else 0.0,
+        "per_label": per_label,
+    }
+
+
+class InstructTrainer:
+    """A LoRA causal-LM trainer with :class:`~flaretune.train.ner_trainer.NerTrainer`'s interface."""
+
+    def __init__(
+        self,
+        spec: PeftSpec,
+        max_length: int = 96,
+        num_threads: int = 0,
+        system_prompt: Optional[str] = None,
+        label_words: Sequence[str] = SENTIMENT_LABELS,
+        eval_batch_size: int = 16,
+    ):
+        import torch
+
+        from flaretune.models.base import load_tokenizer
+
+        if spec.is_token_classification:
+            raise ConfigError(
+                f"model_name {spec.model_name!r} is a token classifier; instruction tuning needs a causal LM "
+                "(smollm2-135m or tiny-smollm2) with target_modules like ['q_proj', 'v_proj']"
+            )
+        if max_length < MIN_MAX_LENGTH:
+            raise ConfigError(f"max_length must be >= {MIN_MAX_LENGTH} tokens (ChatML framing alone takes ~10), got {max_length}")
+        if not label_words or len({w.lower() for w in label_words}) != len(label_words):
+            raise ConfigError(f"label_words must be distinct, non-empty words, got {list(label_words)}")
+        if num_threads > 0:
+            torch.set_num_threads(num_threads)
+        self.spec = spec
+        self.max_length = max_length
+        self.system_prompt = system_prompt
+        self.label_words = list(label_words)
+        self.eval_batch_size = eval_batch_size
+        self.model = spec.build()
+        self.tokenizer = load_tokenizer(spec.model_name)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.candidate_ids = [self.tokenizer(w, add_special_tokens=False)["input_ids"] for w in self.label_words]
+
+    def encode(self, examples: Sequence) -> List[Encoded]:
+        return encode(examples, self.tokenizer, self.max_length, self.system_prompt, self.label_words)
+
+    def get_params(self) -> Dict[str, "object"]:
+        return adapter_state(self.model)
+
+    def set_params(self, params: Dict[str, "object"]) -> None:
+        load_adapter_state(self.model, params)
+
+    def trainable_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def fit(
+        self,
+        encoded: Sequence[Encoded],
+        epochs: float = 1.0,
+        learning_rate: float = 1e-3,
+        batch_size: int = 16,
+        seed: int = 0,
+        max_steps: int = 0,
+        fedprox_mu: float = 0.0,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_step: Optional[Callable[[int, float], None]] = None,
+    ) -> ner.TrainResult:
+        proximal = self._proximal_term(fedprox_mu) if fedprox_mu > 0 else None
+        return ner.train(
+            AnswerLoss(self.model), encoded, self.pad_id, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+            seed=seed, max_steps=max_steps, proximal=proximal, should_stop=should_stop, on_step=on_step,
+        )
+
+    def _proximal_term(self, mu: float):
+        """FedProx (Li et al., 2020): (mu/2)·||w − w_global||² over the trainable tensors."""
+        anchors = [(p, p.detach().clone()) for p in self.model.parameters() if p.requires_grad]
+        return lambda: 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in anchors)
+
+    def predict(self, encoded: Sequence[Encoded]) -> List[str]:
+        """The best-scoring label word for each example, from its prompt alone."""
+        prompts = [e.input_ids[: e.prompt_length] for e in encoded]
+        scores = score_candidates(self.model, prompts, self.candidate_ids, self.pad_id, self.eval_batch_size)
+        return [self.label_words[i] for i in scores.argmax(-1).tolist()]
+
+    def evaluate(self, encoded: Sequence[Encoded]) -> Dict[str, object]:
+        """Label scoring on label-word examples; answer loss and perplexity on the free-form rest."""
+        labelled = [e for e in encoded if e.label is not None]
+        free_form = [e for e in encoded if e.label is None]
+        result: Dict[str, object] = {"n_scored": len(labelled), "n_free_form": len(free_form)}
+        if labelled:
+            result.update(classification_scores([e.label for e in labelled], self.predict(labelled)))
+        if free_form:
+            loss, _ = answer_loss(self.model, free_form, self.pad_id, max(1, self.eval_batch_size // 2))
+            result.update(answer_loss=loss, perplexity=math.exp(min(loss, 50.0)))
+        return result
