@@ -1,0 +1,398 @@
+"""Lossy tensor compression for model transfer: float16/bfloat16 casts, blockwise int8, NF4 and FP4.
+
+Pure tensor functions (no nvflare import): ``quantize(x, qtype) -> (payload, meta)`` and
+``dequantize(payload, meta) -> x_hat``. ``x`` is a torch tensor (any device) or a numpy array; the
+payload keeps that container and device, and ``dequantize`` restores the exact dtype and shape.
+``meta`` holds only JSON types, so it can travel in a DXO's meta.
+
+Wire format. The payload is ONE array per tensor (FOBS charges ~240 B of framing per array,
+which matters for LoRA matrices of a few thousand elements):
+
+- ``float16`` / ``bfloat16``: the cast tensor (bfloat16 numpy payloads are uint16 bit patterns).
+- ``blockwise8``: uint8 buffer ``[n int8 codes | bfloat16 absmax per block]``; symmetric linear
+  int8 per block, ``x ~ code * absmax / 127``. The absmax is rounded UP to bfloat16 (at most
+  2**-7 above), so no value is clipped and each chunk is quantized in one pass while it is in
+  cache (2 bytes per 4096 values: 0.012% of fp32).
+- ``nf4`` / ``fp4``: uint8 buffer ``[two 4-bit codes per byte | one uint8 absmax code per block]``;
+  each value becomes the nearest entry of a 16-value codebook scaled by the block's absmax. NF4 is
+  the normal-quantile codebook of QLoRA (Dettmers et al. 2023, arXiv:2305.14314); FP4 is the
+  e2m1 codebook bitsandbytes uses. The tables are copied from bitsandbytes so both agree.
+
+4-bit block statistics are compressed (our "double quantization", cf. QLoRA section 3): each block
+absmax is stored as an 8-bit code on a log2 scale spanning the tensor's range (at most
+``_LOG_RANGE`` octaves), rounded UP so that no value is clipped; code 0 means an all-zero block.
+Cost: 1 byte per block instead of 4, i.e. 0.2% of fp32 at block 128 (fp32 statistics would cost
+0.8%). Measured on 4M normal values, RMS error is within 1% of fp32 statistics.
+
+Block sizes (``QUANTIZATION_TYPES``) are chosen for the wire targets (blockwise8 <= 25.1%,
+nf4/fp4 <= 13% of fp32 after FOBS framing, ~300 B per tensor): blockwise8 4096 (25.012% before
+framing; NVFlare and bitsandbytes use 4096 too), nf4/fp4 128 (12.70%). Block 64 would lower the
+4-bit RMS error by ~4% on normal data but costs 12.89%, which leaves no headroom under 13% once
+framing and the fp32 pass-through of norms/biases (0.03% of a Llama-like, 0.11% of a BERT-like
+state dict) are added. ``block_size`` overrides.
+
+Kernels: our own vectorised torch code on every device (bitsandbytes is not imported). Measured on
+this shared 2-core VM (load ~1.7), 4M fp32 values, 2 torch threads, best of 10, GB/s quantize /
+dequantize (a clone of the cached input: 11 GB/s):
+
+- blockwise8: ours 4.4 / 7.7; bitsandbytes 0.50.2 ``quantize_blockwise`` (block 4096) 1.1 / 4.0.
+- nf4: ours 1.6 / 3.2; bitsandbytes ``quantize_4bit(compress_statistics=True)`` 0.19 / 3.0.
+  The 4-bit encoder avoids ``bucketize`` (0.37 GB/s) with a 4096-cell lookup table: a value
+  within one cell (1/2047.5 of absmax) of a decision midpoint may take the other neighbour
+  (0.09% of uniform inputs), which adds one cell to the error bound.
+- Work goes in chunks of 1M elements so float temporaries stay in cache (quantize 3x faster than
+  whole-tensor ops with 2 threads on an idle machine). On oversubscribed cores every intra-op
+  parallel region waits for a descheduled OpenMP thread, which hurts many small ops more than one
+  big copy: there, 1 torch thread is steadier.
+"""
+
+import math
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from flaretune.errors import ConfigError
+
+_NF4 = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+        -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+        0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+        0.7229568362236023, 1.0)
+# bitsandbytes' FP4 (1 sign, 2 exponent, 1 mantissa bit) divided by its max 12; +0/-0 merged.
+_FP4 = tuple(sorted({s * v / 12.0 for v in (0.0, 0.0625, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0) for s in (1.0, -1.0)}))
+_LUT_CELLS = 4096  # 4-bit encoder grid over [-1, 1]
+_LOG_RANGE = 20.0  # octaves kept by the absmax code; smaller blocks round up to 2**-20 * max
+_CHUNK_ELEMS = 1 << 20  # elements per CPU work chunk (4 MiB of fp32 temporaries)
+
+
+@dataclass(frozen=True)
+class QuantType:
+    name: str
+    kind: str  # "cast", "int8" or "4bit"
+    block_size: int = 0
+    codebook: Tuple[float, ...] = ()
+    cast_dtype: Optional[torch.dtype] = None
+
+    @property
+    def max_rel_step(self) -> float:
+        """Worst-case |x - x_hat| / block absmax with exact statistics; see ``error_bound``."""
+        if self.kind == "int8":
+            return 0.5 / 127
+        if self.kind == "4bit":
+            gaps = np.diff(self.codebook)
+            return float(gaps.max()) / 2 + 1.0 / (_LUT_CELLS / 2 - 0.5)  # + one encoder cell
+        return torch.finfo(self.cast_dtype).eps / 2  # relative to |x| itself (round to nearest)
+
+
+QUANTIZATION_TYPES: Dict[str, QuantType] = {
+    "float16": QuantType("float16", "cast", cast_dtype=torch.float16),
+    "bfloat16": QuantType("bfloat16", "cast", cast_dtype=torch.bfloat16),
+    "blockwise8": QuantType("blockwise8", "int8", block_size=4096),
+    "nf4": QuantType("nf4", "4bit", block_size=128, codebook=_NF4),
+    "fp4": QuantType("fp4", "4bit", block_size=128, codebook=_FP4),
+}
+# NVFlare ModelQuantizer spellings, so its users can switch without renaming.
+_ALIASES = {"normfloat4": "nf4", "float4": "fp4", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def validate_qtype(name: str, owner: str = "QuantizeFilter") -> str:
+    """Return the canonical type name, or raise ConfigError listing the valid ones."""
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in QUANTIZATION_TYPES:
+        raise ConfigError(
+            f"Invalid quantization_type {name!r} for {owner}; valid: {', '.join(QUANTIZATION_TYPES)}"
+        )
+    return key
+
+
+def is_quantizable(x: Any, qtype: str, min_numel: int = 1024) -> bool:
+    """True for floating tensors/arrays of at least ``min_numel`` elements that ``qtype`` shrinks.
+
+    The rest pass through untouched: integer buffers, tiny tensors (biases, norms), and 16-bit
+    tensors under a 16-bit cast.
+    """
+    if isinstance(x, torch.Tensor):
+        floating, numel, itemsize = x.is_floating_point(), x.numel(), x.element_size()
+    elif isinstance(x, np.ndarray):
+        floating, numel, itemsize = x.dtype.kind == "f", x.size, x.itemsize
+    else:
+        return False
+    qt = QUANTIZATION_TYPES[validate_qtype(qtype, owner="is_quantizable")]
+    if qt.kind == "cast" and itemsize <= 2:
+        return False
+    return floating and numel >= max(min_numel, 1)
+
+
+def quantize(x, qtype: str, block_size: Optional[int] = None) -> Tuple[Any, dict]:
+    """Compress one floating tensor/array; returns ``(payload, meta)``."""
+    qt = QUANTIZATION_TYPES[validate_qtype(qtype, owner="quantize")]
+    t, is_numpy = as_torch(x)
+    meta = {"qtype": qt.name, "dtype": dtype_name(x), "shape": list(t.shape), "numpy": is_numpy}
+    flat = t.detach().reshape(-1)
+    if qt.kind == "cast":
+        payload = _cast(flat, qt.cast_dtype)
+    else:
+        bs = int(block_size or qt.block_size)
+        if bs <= 0 or (qt.kind == "4bit" and bs % 2):
+            raise ConfigError(f"block_size for {qt.name} must be a positive (even for 4-bit) int, got {bs}")
+        if flat.numel() == 0:
+            raise ValueError("cannot block-quantize an empty tensor")
+        if flat.dtype != torch.float32:
+            flat = flat.float()
+        encode = _encode_int8 if qt.kind == "int8" else _encode_4bit
+        payload, lo, step = encode(flat, bs, qt)
+        meta["block"] = bs
+        if lo is not None:
+            meta.update(lo=lo, step=step)
+    return _to_container(payload, is_numpy), meta
+
+
+def dequantize(payload, meta: dict):
+    """Inverse of ``quantize``: same dtype, shape and container; device of the payload."""
+    qt = QUANTIZATION_TYPES[meta["qtype"]]
+    buf, _ = as_torch(payload)
+    n = math.prod(meta["shape"])
+    if qt.kind == "cast":
+        if buf.dtype != qt.cast_dtype:  # bfloat16 bits that travelled as uint16
+            buf = buf.view(qt.cast_dtype)
+        flat = buf
+    elif qt.kind == "int8":
+        flat = _decode_int8(buf, n, meta)
+    else:
+        flat = _decode_4bit(buf, n, meta, qt)
+    out = flat.reshape(meta["shape"]).to(getattr(torch, meta["dtype"]))  # numpy float names are torch names
+    return out.cpu().numpy() if meta["numpy"] else out
+
+
+def error_bound(meta: dict) -> float:
+    """Worst-case |x - x_hat| of a payload, relative to its block's absmax (cast types: to |x|).
+
+    Half the widest step of the code (int8: 0.5/127; NF4: 0.152; FP4: 0.167, plus one encoder
+    cell), times how far the stored block statistic may exceed the true absmax (bfloat16 rounded
+    up: 2**-7; 8-bit log code: 2**step). Restoring a 16-bit dtype adds that dtype's rounding.
+    """
+    qt = QUANTIZATION_TYPES[meta["qtype"]]
+    if qt.kind == "int8":
+        return qt.max_rel_step * (1 + 2.0 ** -7)
+    if qt.kind == "4bit":
+        return qt.max_rel_step * 2.0 ** meta["step"]
+    return qt.max_rel_step
+
+
+def payload_nbytes(obj) -> int:
+    """Bytes held by tensors/arrays in ``obj`` (nested dicts/lists included), framing excluded."""
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return int(obj.nbytes)
+    if isinstance(obj, dict):
+        return sum(payload_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(payload_nbytes(v) for v in obj)
+    return 0
+
+
+# --- cast types -----------------------------------------------------------------------------
+
+
+def _cast(flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    out = flat.to(dtype)
+    if dtype == torch.float16:
+        # fp32 values beyond +-65504 would become inf: clamp like NVFlare, but only when it happens
+        lo, hi = torch.aminmax(out)
+        if torch.isinf(lo) or torch.isinf(hi):
+            fmax = torch.finfo(torch.float16).max
+            finite_in = torch.isfinite(flat)
+            out = torch.where(finite_in, flat.clamp(-fmax, fmax), flat).to(dtype)
+    return out
+
+
+# --- block statistics: 8-bit log2 code of each block's absmax --------------------------------
+
+
+def _encode_absmax(absmax: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, float, float]:
+    """absmax (float32, >= 0) -> (uint8 codes, decoded absmax >= absmax, lo, step)."""
+    if not bool(torch.isfinite(absmax).all()):
+        raise ValueError("cannot quantize a tensor holding NaN or inf")
+    positive = absmax > 0
+    if not bool(positive.any()):
+        return torch.zeros_like(absmax, dtype=torch.uint8), torch.zeros_like(absmax), 0.0, 0.0
+    log2 = torch.log2(absmax.double().clamp_min(torch.finfo(torch.float32).tiny))
+    hi = float(log2.max())
+    lo = max(float(torch.where(positive, log2, torch.full_like(log2, math.inf)).min()), hi - _LOG_RANGE)
+    step = (hi - lo) / 254 if hi > lo else 1.0
+    codes = torch.ceil((log2 - lo) / step).clamp_(0, 254).add_(1)
+    codes = torch.where(positive, codes, torch.zeros_like(codes)).to(torch.uint8)
+    return codes, _decode_absmax(codes, lo, step), lo, step
+
+
+def _decode_absmax(codes: torch.Tensor, lo: float, step: float) -> torch.Tensor:
+    c = codes.double()
+    absmax = torch.exp2(lo + (c - 1) * step)
+    return torch.where(c > 0, absmax, torch.zeros_like(absmax)).float()
+
+
+def _block_rows(flat: torch.Tensor, bs: int, pad_tail: bool):
+    """2-D views of ``flat``: full blocks, then the tail as one row (zero-padded to ``bs`` if asked)."""
+    n_full = flat.numel() // bs * bs
+    rows = [flat[:n_full].view(-1, bs)] if n_full else []
+    if n_full < flat.numel():
+        tail = flat[n_full:]
+        if pad_tail:
+            tail = torch.nn.functional.pad(tail, (0, bs - tail.numel()))
+        rows.append(tail.view(1, -1))
+    return rows
+
+
+def _chunks(rows, bs: int):
+    """Yield (2-D chunk, first block index, first element index) over ``rows``.
+
+    Working chunk by chunk keeps the float temporaries in cache: 3x faster on CPU than
+    whole-tensor ops for blockwise8. On accelerators chunks are large to limit kernel launches.
+    """
+    step = max(1, _chunk_elems(rows[0].device) // bs)
+    block = elem = 0
+    for r in rows:
+        for i in range(0, r.shape[0], step):
+            c = r[i:i + step]
+            yield c, block, elem
+            block, elem = block + c.shape[0], elem + c.numel()
+
+
+def _chunk_elems(device: torch.device) -> int:
+    return _CHUNK_ELEMS if device.type == "cpu" else 1 << 24
+
+
+def _absmax(rows, bs: int) -> torch.Tensor:
+    # max(amax, -amin) reads the data twice but writes nothing: 3x faster than abs().amax()
+    return torch.cat([torch.maximum(c.amax(dim=1), c.amin(dim=1).neg_()) for c, _, _ in _chunks(rows, bs)])
+
+
+def _safe_inverse(absmax: torch.Tensor, scale: float) -> torch.Tensor:
+    return torch.where(absmax > 0, scale / absmax.clamp_min(1e-38), torch.zeros_like(absmax))
+
+
+# --- blockwise int8 --------------------------------------------------------------------------
+
+
+def _encode_int8(flat: torch.Tensor, bs: int, qt: QuantType):
+    n = flat.numel()
+    rows = _block_rows(flat, bs, pad_tail=False)
+    n_blocks = sum(r.shape[0] for r in rows)
+    out = torch.empty(n + 2 * n_blocks, dtype=torch.uint8, device=flat.device)
+    codes = out[:n].view(torch.int8)
+    scales = torch.empty(n_blocks, dtype=torch.bfloat16, device=flat.device)
+    tmp = torch.empty(min(n, max(_chunk_elems(flat.device), bs)), device=flat.device)
+    # one pass: each chunk's absmax and codes while it is in cache (per-block bfloat16 statistics
+    # need no tensor-wide range, unlike the 8-bit log code of the 4-bit types)
+    for c, b, e in _chunks(rows, bs):
+        absmax_hat = _bf16_ceil(torch.maximum(c.amax(dim=1), c.amin(dim=1).neg_()))
+        scales[b:b + c.shape[0]] = absmax_hat
+        t = torch.mul(c, _safe_inverse(absmax_hat.float(), 127.0)[:, None], out=tmp[:c.numel()].view(c.shape))
+        codes[e:e + c.numel()].view(c.shape).copy_(t.round_())  # |t| <= 127 as absmax_hat >= absmax
+    out[n:] = scales.view(torch.uint8)
+    return out, None, None
+
+
+def _decode_int8(buf: torch.Tensor, n: int, meta: dict) -> torch.Tensor:
+    bs = meta["block"]
+    scale = buf[n:].clone().view(torch.bfloat16).float() / 127.0  # clone: n may be odd (alignment)
+    out = torch.empty(n, dtype=torch.float32, device=buf.device)
+    codes = _block_rows(buf[:n].view(torch.int8), bs, pad_tail=False)
+    for c, b, e in _chunks(codes, bs):
+        o = out[e:e + c.numel()].view(c.shape)
+        o.copy_(c).mul_(scale[b:b + c.shape[0], None])
+    return out
+
+
+def _bf16_ceil(absmax: torch.Tensor) -> torch.Tensor:
+    """Smallest bfloat16 >= each (non-negative) absmax: 2 bytes a block, at most 2**-7 above."""
+    if not bool(torch.isfinite(absmax).all()):
+        raise ValueError("cannot quantize a tensor holding NaN or inf")
+    h = absmax.to(torch.bfloat16)
+    below = h.float() < absmax
+    if bool(below.any()):  # for positive floats the next larger value is the next bit pattern
+        h = torch.where(below, (h.view(torch.int16) + 1).view(torch.bfloat16), h)
+    return h
+
+
+# --- 4-bit codebooks (NF4, FP4) --------------------------------------------------------------
+
+
+@lru_cache(maxsize=16)
+def _tables(codebook: Tuple[float, ...], device: torch.device):
+    """Encoder lookup table (cell of [-1, 1] -> nearest code) and decoder table (byte -> 2 values)."""
+    codes = torch.tensor(codebook, dtype=torch.float32)
+    mids = (codes[1:] + codes[:-1]) / 2
+    # cell g holds x/absmax in [g - G/2, g + 1 - G/2) / (G/2 - 1/2); see _encode_4bit
+    centres = (torch.arange(_LUT_CELLS, dtype=torch.float64) + 0.5 - _LUT_CELLS / 2) / (_LUT_CELLS / 2 - 0.5)
+    encode = torch.bucketize(centres.float(), mids).to(torch.uint8)
+    padded = torch.cat([codes, codes.new_zeros(16 - codes.numel())])
+    pairs = torch.stack([padded.repeat_interleave(16), padded.repeat(16)], dim=1)  # byte = hi << 4 | lo
+    return encode.to(device), pairs.to(device)
+
+
+def _encode_4bit(flat: torch.Tensor, bs: int, qt: QuantType):
+    encode_lut, _ = _tables(qt.codebook, flat.device)
+    rows = _block_rows(flat, bs, pad_tail=True)
+    stat_codes, absmax_hat, lo, step = _encode_absmax(_absmax(rows, bs))
+    half = _LUT_CELLS / 2
+    inv = _safe_inverse(absmax_hat, half - 0.5)
+    n_bytes = absmax_hat.numel() * bs // 2
+    out = torch.empty(n_bytes + absmax_hat.numel(), dtype=torch.uint8, device=flat.device)
+    size = min(absmax_hat.numel() * bs, max(_chunk_elems(flat.device), bs))
+    tmp_f = torch.empty(size, device=flat.device)
+    tmp_i = torch.empty(size, dtype=torch.int32, device=flat.device)
+    for c, b, e in _chunks(rows, bs):
+        # lookup-table cell: floor(x / absmax * (G/2 - 1/2) + G/2) lies in [0, G-1] as |x| <= absmax,
+        # with half a cell of margin for rounding, so no clamp is needed
+        t = torch.mul(c, inv[b:b + c.shape[0], None], out=tmp_f[:c.numel()].view(c.shape)).add_(half)
+        cell = tmp_i[:c.numel()].copy_(t.view(-1))
+        idx = encode_lut.index_select(0, cell).view(-1, 2)
+        torch.add(idx[:, 1], idx[:, 0], alpha=16, out=out[e // 2:(e + c.numel()) // 2])  # hi << 4 | lo
+    out[n_bytes:] = stat_codes
+    return out, lo, step
+
+
+def _decode_4bit(buf: torch.Tensor, n: int, meta: dict, qt: QuantType) -> torch.Tensor:
+    bs = meta["block"]
+    _, pairs = _tables(qt.codebook, buf.device)
+    n_blocks = -(-n // bs)
+    absmax = _decode_absmax(buf[n_blocks * bs // 2:], meta["lo"], meta["step"])
+    out = torch.empty(n_blocks * bs, dtype=torch.float32, device=buf.device)
+    packed = buf[: n_blocks * bs // 2].view(n_blocks, bs // 2)
+    for c, b, e in _chunks([packed], bs // 2):
+        o = out[2 * e:2 * (e + c.numel())]
+        torch.index_select(pairs, 0, c.reshape(-1).to(torch.int32), out=o.view(-1, 2))
+        o.view(c.shape[0], bs).mul_(absmax[b:b + c.shape[0], None])
+    return out[:n]
+
+
+# --- containers ------------------------------------------------------------------------------
+
+
+def as_torch(x) -> Tuple[torch.Tensor, bool]:
+    if isinstance(x, torch.Tensor):
+        return x, False
+    if isinstance(x, np.ndarray):
+        arr = x if x.flags.c_contiguous else np.ascontiguousarray(x)  # (ascontiguousarray makes 0-d 1-d)
+        if not arr.dtype.isnative:
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        with warnings.catch_warnings():  # read-only arrays: we never write to the view
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(arr), True
+    raise TypeError(f"expected a torch tensor or numpy array, got {type(x).__name__}")
+
+
+def dtype_name(x) -> str:
+    return x.dtype.name if isinstance(x, np.ndarray) else str(x.dtype).split(".")[-1]
+
+
+def _to_container(t: torch.Tensor, is_numpy: bool):
+    if not is_numpy:
+        return t
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: ship the bit pattern
+        t = t.view(torch.uint16)
+    return t.cpu().numpy()
