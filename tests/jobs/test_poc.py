@@ -2,7 +2,11 @@
 
 import pytest
 
+from pathlib import Path
+
 from flaretune.poc import PocNetwork, submit_and_wait
+
+CLINICAL_JOB = Path(__file__).resolve().parents[2] / "jobs" / "clinical_ner"
 
 pytestmark = pytest.mark.integration
 
@@ -19,18 +23,21 @@ def _scores(adapter_dir, test_sentences):
     return untrained, trainer.evaluate(encoded)["f1"]
 
 
-def test_clinical_ner_runs_in_poc_and_learns(tmp_path, small_hospitals, tiny_clinical_job):
+def test_clinical_ner_runs_in_poc_and_learns(tmp_path):
+    """The shipped job with its real MiniLM base, shortened to 2 rounds of 12 steps per site."""
+    from flaretune.data.clinical import make_clinical_dataset
     from flaretune.data.conll import read_conll
-
-    # the sites read their data from their own environment, not from the job
-    job = tiny_clinical_job(tmp_path / "job", small_hospitals, rounds=2, max_steps=40, learning_rate=0.02)
     from flaretune.jobcfg import JobFolder
 
-    folder = JobFolder(job)
-    folder.executor_args["data_path"] = ""
-    folder.write(job)
+    data = tmp_path / "data"
+    make_clinical_dataset(data, n_sites=3, seed=2, n_train=96, n_test=20)
+    folder = JobFolder(CLINICAL_JOB)
+    folder.set_rounds(2)
+    folder.executor_args.update({"max_steps": 12, "num_threads": 1})
+    job = folder.write(tmp_path / "job")
 
-    network = PocNetwork(tmp_path / "poc", n_clients=3, extra_env={"FLARETUNE_DATA_DIR": str(small_hospitals)})
+    # the sites read their data from their own environment, not from the job
+    network = PocNetwork(tmp_path / "poc", n_clients=3, extra_env={"FLARETUNE_DATA_DIR": str(data)})
     try:
         network.prepare()
         network.start()
@@ -42,6 +49,6 @@ def test_clinical_ner_runs_in_poc_and_learns(tmp_path, small_hospitals, tiny_cli
 
     adapters = list(result.glob("**/global_model/adapter"))
     assert len(adapters) == 1, f"no adapter in the downloaded result {result}"
-    test = [s for site in ("site-1", "site-2", "site-3") for s in read_conll(small_hospitals / site / "test.conll")]
+    test = [s for site in ("site-1", "site-2", "site-3") for s in read_conll(data / site / "test.conll")]
     untrained, trained = _scores(adapters[0], test)
     assert trained > 0.2 and trained > untrained + 0.1, (untrained, trained)
