@@ -14,7 +14,7 @@ from typing import Callable, List, Optional
 
 from flaretune.errors import FlaretuneError
 
-_PROGRESS = re.compile(r"(round \d+/\d+ done.*|final global model, .*|round \d+: \d+ steps.*)")
+_PROGRESS = re.compile(r"(round \d+/\d+ done.*|final global model on .*|\S+ round \d+: \d+ steps.*)")
 
 
 def venv_env(extra: Optional[dict] = None) -> dict:

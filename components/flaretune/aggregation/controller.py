@@ -112,7 +112,7 @@ class FedAggController(ModelController):
             history["rounds"].append(record)
             self.info(
                 f"round {round_number + 1}/{self.num_rounds} done in {record['seconds']:.0f}s; "
-                f"F1 after local training: {self._summary(record)}"
+                f"after local training: {self._summary(record)}"
             )
             self._save(global_params, base_meta, round_number, final=round_number == self.num_rounds - 1)
             self._history_path().write_text(json.dumps(history, indent=2))
@@ -121,7 +121,7 @@ class FedAggController(ModelController):
             final_model = FLModel(params_type=ParamsType.FULL, params=global_params, meta=dict(base_meta))
             results = self.send_model_and_wait(task_name=self.validate_task_name, data=final_model)
             history["final"] = {self._client_name(r): r.metrics or {} for r in results}
-            self.info(f"final global model, F1 on each site's test split: {self._summary({'clients': history['final']})}")
+            self.info(f"final global model on each site's test split: {self._summary({'clients': history['final']})}")
             self._history_path().write_text(json.dumps(history, indent=2))
 
     def _aggregate(self, global_params, results: List[FLModel]):
@@ -155,11 +155,11 @@ class FedAggController(ModelController):
         }
 
     @staticmethod
-    def _summary(record, key: str = "local_f1") -> str:
-        """``site-1 0.912, site-2 0.874``: each site's F1 on its own test split."""
+    def _summary(record, keys=("local_f1", "local_accuracy", "f1", "accuracy")) -> str:
+        """``site-1 f1 0.912, site-2 f1 0.874``: each site's headline score on its own test split."""
         parts = []
         for name, value in sorted(record["clients"].items()):
             metrics = value.get("metrics", value)
-            f1 = metrics.get(key, metrics.get("f1"))
-            parts.append(f"{name} {f1:.3f}" if isinstance(f1, (int, float)) else name)
+            key = next((k for k in keys if isinstance(metrics.get(k), (int, float))), None)
+            parts.append(f"{name} {key.split('_')[-1]} {metrics[key]:.3f}" if key else name)
         return ", ".join(parts)

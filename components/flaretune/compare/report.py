@@ -44,6 +44,7 @@ def write_plot(report: dict, path) -> Path:
     ax_bytes.bar(rounds, per_round, color="tab:blue", label="upload per client (adapter + head)")
     ax_bytes.axhline(report["full_model_bytes"], color="tab:gray", linestyle="--", label="full fp32 model")
     ax_bytes.set_yscale("log")
+    ax_bytes.set_ylim(bottom=min(per_round) / 10)
     ax_bytes.set_xlabel("round")
     ax_bytes.set_ylabel("bytes per round per client")
     ax_bytes.set_xticks(rounds)

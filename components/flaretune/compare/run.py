@@ -34,7 +34,10 @@ def torch_threads() -> int:
     process, 2 threads ran a MiniLM step 3.4x slower than 1 thread did (3.8 s vs 1.1 s).
     """
     cores = os.cpu_count() or 1
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    try:  # runnable tasks right now, ourselves included ("R/T" in /proc/loadavg); the averages lag
+        busy = int(open("/proc/loadavg").read().split()[3].split("/")[0]) - 1
+    except (OSError, IndexError, ValueError):
+        busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
     return max(1, min(cores, cores - busy))
 
 
@@ -45,9 +48,11 @@ def _fit_and_score(spec, train_sentences, test_encoded_cache, hp, label: str) ->
     encoded = trainer.encode(train_sentences)
     total_epochs = hp["epochs"]
 
-    def on_step(step, loss, every=max(1, hp["steps_hint"] // 4)):
-        if step % every == 0:
-            _say(f"    {label}: step {step}, loss {loss:.4f}")
+    total_steps = max(1, round(total_epochs * -(-len(encoded) // hp["batch_size"])))
+
+    def on_step(step, loss, every=max(1, total_steps // 5)):
+        if step % every == 0 and step < total_steps:
+            _say(f"    {label}: step {step}/{total_steps}, loss {loss:.4f}")
 
     started = time.time()
     trainer.fit(encoded, epochs=total_epochs, learning_rate=hp["lr"], batch_size=hp["batch_size"], seed=hp["seed"],
@@ -114,7 +119,6 @@ def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed
     wire = update_wire_bytes({k: v.numpy() for k, v in adapter.items()}, quantization)
     full_bytes = 4 * sum(p.numel() for p in evaluator.model.parameters())
 
-    hp["steps_hint"] = max(1, sum(len(p) for p in data.site_train.values()) // hp["batch_size"])
     cache = lambda trainer: test_encoded  # same tokenizer and labels for every trainer  # noqa: E731
     _say(f"[3/5] centralized: all sites' training data pooled, {hp['epochs']:g} epochs")
     pooled = [s for part in data.site_train.values() for s in part]
@@ -123,7 +127,6 @@ def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed
     _say(f"[4/5] local-only: each site alone, {hp['epochs']:g} epochs")
     local: Dict[str, dict] = {}
     for name, part in data.site_train.items():
-        hp["steps_hint"] = max(1, len(part) // hp["batch_size"])
         local[name] = _fit_and_score(spec, part, cache, hp, f"local-only {name}")
     local_mean = sum(s["f1"] for s in local.values()) / len(local)
 

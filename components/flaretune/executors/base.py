@@ -158,7 +158,8 @@ class PeftExecutor(Executor):
         (name, before), (_, after) = self._headline(global_metrics, "global_"), self._headline(local_metrics, "local_")
         self.log_info(
             fl_ctx,
-            f"round {round_number}: {result.steps} steps in {time.time() - started:.1f}s, loss {result.mean_loss:.4f}, "
+            f"{fl_ctx.get_identity_name()} round {round_number}: {result.steps} steps in {time.time() - started:.1f}s, "
+            f"loss {result.mean_loss:.4f}, "
             f"global {name} {before:.4f} -> local {name} {after:.4f}, upload {upload:,} bytes",
         )
         reply = FLModel(
