@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import sys

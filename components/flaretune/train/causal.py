@@ -14,12 +14,13 @@ still scored. Free-form examples report the mean answer-token loss and its perpl
 import math
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from flaretune.data.types import SENTIMENT_LABELS
 from flaretune.errors import ConfigError
-from flaretune.models.lora import PeftSpec, adapter_state, load_adapter_state
+from flaretune.models.lora import PeftSpec
 from flaretune.train import ner
+from flaretune.train.lora_trainer import LoraTrainer
 
 IGNORE_INDEX = ner.IGNORE_INDEX
 MIN_MAX_LENGTH = 32
@@ -185,7 +186,7 @@ def classification_scores(gold: Sequence[str], predicted: Sequence[str]) -> Dict
     }
 
 
-class InstructTrainer:
+class InstructTrainer(LoraTrainer):
     """A LoRA causal-LM trainer with :class:`~flaretune.train.ner_trainer.NerTrainer`'s interface."""
 
     def __init__(
@@ -197,10 +198,6 @@ class InstructTrainer:
         label_words: Sequence[str] = SENTIMENT_LABELS,
         eval_batch_size: int = 16,
     ):
-        import torch
-
-        from flaretune.models.base import load_tokenizer
-
         if spec.is_token_classification:
             raise ConfigError(
                 f"model_name {spec.model_name!r} is a token classifier; instruction tuning needs a causal LM "
@@ -210,52 +207,18 @@ class InstructTrainer:
             raise ConfigError(f"max_length must be >= {MIN_MAX_LENGTH} tokens (ChatML framing alone takes ~10), got {max_length}")
         if not label_words or len({w.lower() for w in label_words}) != len(label_words):
             raise ConfigError(f"label_words must be distinct, non-empty words, got {list(label_words)}")
-        if num_threads > 0:
-            torch.set_num_threads(num_threads)
-        self.spec = spec
+        super().__init__(spec, num_threads=num_threads)
         self.max_length = max_length
         self.system_prompt = system_prompt
         self.label_words = list(label_words)
         self.eval_batch_size = eval_batch_size
-        self.model = spec.build()
-        self.tokenizer = load_tokenizer(spec.model_name)
-        self.pad_id = self.tokenizer.pad_token_id
         self.candidate_ids = [self.tokenizer(w, add_special_tokens=False)["input_ids"] for w in self.label_words]
 
     def encode(self, examples: Sequence) -> List[Encoded]:
         return encode(examples, self.tokenizer, self.max_length, self.system_prompt, self.label_words)
 
-    def get_params(self) -> Dict[str, "object"]:
-        return adapter_state(self.model)
-
-    def set_params(self, params: Dict[str, "object"]) -> None:
-        load_adapter_state(self.model, params)
-
-    def trainable_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-
-    def fit(
-        self,
-        encoded: Sequence[Encoded],
-        epochs: float = 1.0,
-        learning_rate: float = 1e-3,
-        batch_size: int = 16,
-        seed: int = 0,
-        max_steps: int = 0,
-        fedprox_mu: float = 0.0,
-        should_stop: Callable[[], bool] = lambda: False,
-        on_step: Optional[Callable[[int, float], None]] = None,
-    ) -> ner.TrainResult:
-        proximal = self._proximal_term(fedprox_mu) if fedprox_mu > 0 else None
-        return ner.train(
-            AnswerLoss(self.model), encoded, self.pad_id, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-            seed=seed, max_steps=max_steps, proximal=proximal, should_stop=should_stop, on_step=on_step,
-        )
-
-    def _proximal_term(self, mu: float):
-        """FedProx (Li et al., 2020): (mu/2)·||w − w_global||² over the trainable tensors."""
-        anchors = [(p, p.detach().clone()) for p in self.model.parameters() if p.requires_grad]
-        return lambda: 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in anchors)
+    def training_module(self):
+        return AnswerLoss(self.model)
 
     def predict(self, encoded: Sequence[Encoded]) -> List[str]:
         """The best-scoring label word for each example, from its prompt alone."""
