@@ -100,7 +100,8 @@ class PocNetwork:
         for kit in prod.glob("*@*"):
             self._edit_json(kit / "startup" / "fed_admin.json", admin)
 
-    def start(self, timeout: float = 120) -> None:
+    def start(self, timeout: float = 300) -> None:
+        """Start the network; wait (up to ``timeout``: a loaded 2-core machine can take minutes) for every client."""
         log = open(self.root / "poc.log", "a")
         proc = subprocess.Popen(nvflare_command() + ["poc", "start"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True)
@@ -118,7 +119,7 @@ class PocNetwork:
         last = None
         while time.time() < deadline:
             try:
-                sess = self.session(timeout=10)
+                sess = self.session(timeout=30)
                 try:
                     clients = sess.get_system_info().client_info
                     if len(clients) >= self.n_clients:

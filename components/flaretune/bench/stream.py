@@ -188,7 +188,7 @@ class Poc:
             res["class_allow_list"] = list(res.get("class_allow_list", [])) + ["flaretune."]
             (local / "resources.json").write_text(json.dumps(res, indent=2))
 
-    def start(self, timeout: float = 120.0):
+    def start(self, timeout: float = 300.0):
         for site in ("server",) + SITES:
             log = open(self.root / f"{site}.out", "wb")
             self.procs[site] = subprocess.Popen(
@@ -212,7 +212,7 @@ class Poc:
         deadline = time.time() + timeout
         while True:
             try:
-                return new_secure_session(ADMIN, str(self.prod / ADMIN), timeout=10.0)
+                return new_secure_session(ADMIN, str(self.prod / ADMIN), timeout=30.0)
             except Exception:
                 if time.time() > deadline:
                     raise
