@@ -22,7 +22,9 @@ _COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flaretune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="flaretune", description="Federated fine-tuning of language models on NVIDIA FLARE."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module_name in _COMMANDS.values():
         try:
