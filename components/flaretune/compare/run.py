@@ -41,7 +41,8 @@ def torch_threads() -> int:
     return max(1, min(cores, cores - busy))
 
 
-def _fit_and_score(spec, train_sentences, test_encoded_cache, hp, label: str) -> dict:
+def _fit_and_score(spec, train_sentences, test_encoded, hp, label: str) -> dict:
+    """Train a fresh adapter from the job's spec and score it on the shared (already encoded) test set."""
     from flaretune.train.ner_trainer import NerTrainer
 
     trainer = NerTrainer(spec, max_length=hp["max_length"], num_threads=torch_threads())
@@ -57,7 +58,7 @@ def _fit_and_score(spec, train_sentences, test_encoded_cache, hp, label: str) ->
     started = time.time()
     trainer.fit(encoded, epochs=total_epochs, learning_rate=hp["lr"], batch_size=hp["batch_size"], seed=hp["seed"],
                 on_step=on_step)
-    scores = trainer.evaluate(test_encoded_cache(trainer))
+    scores = trainer.evaluate(test_encoded)
     _say(f"  {label}: {len(train_sentences)} sentences × {total_epochs:g} epochs in {time.time() - started:.0f}s "
          f"-> test F1 {scores['f1']:.4f}")
     return scores
@@ -119,15 +120,14 @@ def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed
     wire = update_wire_bytes({k: v.numpy() for k, v in adapter.items()}, quantization)
     full_bytes = 4 * sum(p.numel() for p in evaluator.model.parameters())
 
-    cache = lambda trainer: test_encoded  # same tokenizer and labels for every trainer  # noqa: E731
     _say(f"[3/5] centralized: all sites' training data pooled, {hp['epochs']:g} epochs")
     pooled = [s for part in data.site_train.values() for s in part]
-    central = _fit_and_score(spec, pooled, cache, hp, "centralized")
+    central = _fit_and_score(spec, pooled, test_encoded, hp, "centralized")
 
     _say(f"[4/5] local-only: each site alone, {hp['epochs']:g} epochs")
     local: Dict[str, dict] = {}
     for name, part in data.site_train.items():
-        local[name] = _fit_and_score(spec, part, cache, hp, f"local-only {name}")
+        local[name] = _fit_and_score(spec, part, test_encoded, hp, f"local-only {name}")
     local_mean = sum(s["f1"] for s in local.values()) / len(local)
 
     report = {
