@@ -109,28 +109,8 @@ class PocNetwork:
         proc.wait(timeout=timeout)
         self._wait_ready(timeout)
 
-    def session(self, timeout: float = 60):
-        from nvflare.fuel.flare_api.flare_api import new_secure_session
-
-        return new_secure_session(ADMIN, str(self.admin_kit), timeout=timeout)
-
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.time() + timeout
-        last = None
-        while time.time() < deadline:
-            try:
-                sess = self.session(timeout=30)
-                try:
-                    clients = sess.get_system_info().client_info
-                    if len(clients) >= self.n_clients:
-                        return
-                    last = f"{len(clients)}/{self.n_clients} clients connected"
-                finally:
-                    sess.close()
-            except Exception as err:  # the server is still starting
-                last = str(err)
-            time.sleep(2)
-        raise FlaretuneError(f"POC network not ready after {timeout:.0f}s: {last}; logs under {self.root}")
+        _admin_call(["wait-ready", str(self.admin_kit), str(self.n_clients), str(timeout)], self.env, timeout + 60)
 
     def stop(self) -> None:
         """Stop politely, then end whatever is left in the process group and under the workspace."""
@@ -175,32 +155,70 @@ class PocNetwork:
 
 
 def submit_and_wait(network: PocNetwork, job_dir, timeout: float = 900):
-    """Submit a job folder through the FLARE API, wait until it finishes, download its result."""
-    sess = network.session()
+    """Submit a job folder through the FLARE API, wait until it finishes, download its result.
+
+    The admin session runs in a child process: FLARE's admin client shares process-wide state
+    (FOBS, cell settings) with anything else FLARE did in the caller, e.g. earlier tests.
+    """
+    out = _admin_call(["submit", str(network.admin_kit), str(Path(job_dir).resolve()), str(timeout)],
+                      network.env, timeout + 120)
+    return out["job_id"], out["status"], Path(out["result"]) if out.get("result") else None
+
+
+def _admin_call(args, env: dict, timeout: float) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "flaretune.poc"] + args, env=env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise FlaretuneError(f"FLARE admin call {args[0]} failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+    return json.loads(lines[-1])
+
+
+def _session(admin_kit: str, timeout: float = 30):
+    from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+    return new_secure_session(ADMIN, admin_kit, timeout=timeout)
+
+
+def _cmd_wait_ready(admin_kit: str, n_clients: str, timeout: str) -> dict:
+    deadline = time.time() + float(timeout)
+    last = None
+    while time.time() < deadline:
+        try:
+            sess = _session(admin_kit)
+            try:
+                clients = sess.get_system_info().client_info
+                if len(clients) >= int(n_clients):
+                    return {"clients": len(clients)}
+                last = f"{len(clients)}/{n_clients} clients connected"
+            finally:
+                sess.close()
+        except Exception as err:  # the server is still starting
+            last = str(err)
+        time.sleep(2)
+    raise SystemExit(f"POC network not ready after {float(timeout):.0f}s: {last}")
+
+
+def _cmd_submit(admin_kit: str, job_dir: str, timeout: str) -> dict:
+    sess = _session(admin_kit)
     try:
-        job_id = sess.submit_job(str(Path(job_dir).resolve()))
-        deadline = time.time() + timeout
+        job_id = sess.submit_job(job_dir)
+        deadline = time.time() + float(timeout)
         status = None
         while time.time() < deadline:
-            meta = sess.get_job_meta(job_id)
-            status = meta.get("status")
+            status = sess.get_job_meta(job_id).get("status")
             if status and status.startswith("FINISHED"):
                 break
             time.sleep(3)
         else:
             sess.abort_job(job_id)
-            raise FlaretuneError(f"job {job_id} did not finish within {timeout:.0f}s (last status {status})")
-        result = sess.download_job_result(job_id)
-        return job_id, status, Path(result) if result else None
+            raise SystemExit(f"job {job_id} did not finish within {float(timeout):.0f}s (last status {status})")
+        return {"job_id": job_id, "status": status, "result": sess.download_job_result(job_id)}
     finally:
         sess.close()
 
 
-if __name__ == "__main__":  # manual check: python -m flaretune.poc ROOT
-    net = PocNetwork(sys.argv[1])
-    net.prepare()
-    try:
-        net.start()
-        print("ready on port", net.port)
-    finally:
-        net.stop()
+if __name__ == "__main__":  # the admin side, run as a child: python -m flaretune.poc wait-ready|submit ...
+    command, *rest = sys.argv[1:]
+    handler = {"wait-ready": _cmd_wait_ready, "submit": _cmd_submit}[command]
+    print(json.dumps(handler(*rest)), flush=True)
