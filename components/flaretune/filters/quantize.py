@@ -104,19 +104,29 @@ class DequantizeFilter(DXOFilter):
         info = dxo.get_meta_prop(QUANT_META_KEY)
         if not info:
             return None
-        if info.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"{type(self).__name__}: unsupported {QUANT_META_KEY} version {info.get('version')!r}")
-        data = dict(dxo.data)
-        for name, tensor_meta in info["tensors"].items():
-            if name not in data:
-                raise ValueError(f"{type(self).__name__}: quantized tensor {name!r} is missing from the DXO data")
-            data[name] = dequantize(data[name], tensor_meta)
+        data = restore_listed(dxo, info, QUANT_META_KEY, _FORMAT_VERSION, dequantize, type(self).__name__, "quantized")
         meta = copy_meta(dxo, drop=QUANT_META_KEY)
         if self.log_bytes:
             change = format_change(payload_nbytes(dxo.data), payload_nbytes(data), ratio=False)
             self.log_info(fl_ctx, f"{round_label(shareable, fl_ctx)}: {info['qtype']} dequantized "
                                   f"{len(info['tensors'])}/{len(data)} tensors, {change}")
         return DXO(data_kind=dxo.data_kind, data=data, meta=meta)
+
+
+def restore_listed(dxo: DXO, info: dict, meta_key: str, version: int, restore, owner: str, what: str) -> dict:
+    """A copy of ``dxo.data`` with each tensor listed in ``info["tensors"]`` rebuilt by ``restore(data, meta)``.
+
+    Shared by the filters that undo an encoding (dequantize, densify); fails on a format version it
+    does not know or a listed tensor that is missing.
+    """
+    if info.get("version") != version:
+        raise ValueError(f"{owner}: unsupported {meta_key} version {info.get('version')!r}")
+    data = dict(dxo.data)
+    for name, tensor_meta in info["tensors"].items():
+        if name not in data:
+            raise ValueError(f"{owner}: {what} tensor {name!r} is missing from the DXO data")
+        data[name] = restore(data[name], tensor_meta)
+    return data
 
 
 def copy_meta(dxo: DXO, drop: Optional[str] = None) -> dict:

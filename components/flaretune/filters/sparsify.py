@@ -27,7 +27,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
 from flaretune.errors import ConfigError
-from flaretune.filters.quantize import copy_meta, format_change, round_label
+from flaretune.filters.quantize import copy_meta, format_change, restore_listed, round_label
 from flaretune.ops.quant import payload_nbytes
 from flaretune.ops.sparsify import densify, is_sparsifiable, topk_sparsify
 
@@ -107,11 +107,5 @@ class DensifyFilter(DXOFilter):
         info = dxo.get_meta_prop(SPARSE_META_KEY)
         if not info:
             return None
-        if info.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"{type(self).__name__}: unsupported {SPARSE_META_KEY} version {info.get('version')!r}")
-        data = dict(dxo.data)
-        for name, tensor_meta in info["tensors"].items():
-            if name not in data:
-                raise ValueError(f"{type(self).__name__}: sparse tensor {name!r} is missing from the DXO data")
-            data[name] = densify(data[name], tensor_meta)
+        data = restore_listed(dxo, info, SPARSE_META_KEY, _FORMAT_VERSION, densify, type(self).__name__, "sparse")
         return DXO(data_kind=dxo.data_kind, data=data, meta=copy_meta(dxo, drop=SPARSE_META_KEY))
