@@ -279,12 +279,10 @@ def _rows(types: List[str], with_nvflare: bool) -> List[_Row]:
 def run(args) -> int:
     import torch
     from nvflare.apis.dxo import DXO, DataKind
-    from nvflare.app_common.decomposers import common_decomposers
-    from nvflare.app_opt.pt.decomposers import TensorDecomposer
-    from nvflare.fuel.utils import fobs
 
-    fobs.register(TensorDecomposer)
-    common_decomposers.register()
+    from flaretune.wire import register_decomposers, shareable_bytes
+
+    register_decomposers()
     logging.getLogger("nvflare").setLevel(logging.CRITICAL)  # NVFlare logs its own .cuda() failures loudly
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # from NVFlare's adaquant
 
@@ -300,7 +298,7 @@ def run(args) -> int:
         f"CUDA {'available' if torch.cuda.is_available() else 'not available'}")
 
     copy = _Row("copy", "fp32", None, None)
-    copy.wire = len(fobs.dumps(DXO(DataKind.WEIGHTS, dict(ref)).to_shareable()))
+    copy.wire = shareable_bytes(DXO(DataKind.WEIGHTS, dict(ref)).to_shareable())
     copy.err = 0.0
     rows = _rows(args.types, not args.no_nvflare)
     repeat = max(1, args.repeat)
