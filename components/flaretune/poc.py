@@ -1,8 +1,8 @@
 """A FLARE POC network on loopback, for tests and benchmarks: prepare, start, submit, stop.
 
 Everything lives under one root folder: ``HOME`` (so nothing is written to the real home), the POC
-workspace and the logs. The server listens on 127.0.0.1 only, on a free port. All processes run in
-one new process group, so :meth:`PocNetwork.stop` ends every one of them, also after a failure.
+workspace and the logs. The server listens on 127.0.0.1 only, on a free port. :meth:`PocNetwork.stop`
+ends every process that names the workspace, also after a failure.
 """
 
 import json
@@ -11,9 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 from flaretune.errors import FlaretuneError
 from flaretune.provisioning.policy import allow_in_local_dir
@@ -36,6 +37,7 @@ class PocNetwork:
         self.extra_env = extra_env or {}
         self.workspace = self.root / "poc"
         self._group: Optional[int] = None
+        self.procs: Dict[str, subprocess.Popen] = {}  # start_each(): one process tree per site
 
     @property
     def env(self) -> dict:
@@ -109,6 +111,24 @@ class PocNetwork:
         proc.wait(timeout=timeout)
         self._wait_ready(timeout)
 
+    def start_each(self, timeout: float = 300) -> Dict[str, int]:
+        """Start the server and every client as its own process tree (``sub_start.sh --once``), so a caller
+        can watch each site's processes (see :meth:`roots`); wait for every client like :meth:`start`."""
+        for site in ["server"] + self.sites():
+            kit = self.prod_dir / site
+            log = open(self.root / f"{site}.out", "ab")
+            self.procs[site] = subprocess.Popen(["bash", str(kit / "startup" / "sub_start.sh"), "--once"], cwd=kit,
+                                                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL, start_new_session=True)
+            if site == "server":
+                time.sleep(3)  # clients retry, but a server that is already listening saves a round of backoff
+        self._wait_ready(timeout)
+        return self.roots()
+
+    def roots(self) -> Dict[str, int]:
+        """Root pid of each site started by :meth:`start_each`."""
+        return {site: proc.pid for site, proc in self.procs.items()}
+
     def _wait_ready(self, timeout: float) -> None:
         _admin_call(["wait-ready", str(self.admin_kit), str(self.n_clients), str(timeout)], self.env, timeout + 60)
 
@@ -120,16 +140,31 @@ class PocNetwork:
         except (subprocess.TimeoutExpired, OSError):
             pass
         time.sleep(2)
-        for pid in self._workspace_pids():
+        for group in [self._group] + [proc.pid for proc in self.procs.values()]:
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self._group:
-            try:
-                os.killpg(self._group, signal.SIGKILL)
+                if group:
+                    os.killpg(group, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        # sub_start.sh restarts a process that dies without its shutdown file: freeze them all before killing,
+        # and look again until nothing is left, so no restart can slip in between
+        deadline = time.monotonic() + 30
+        while True:
+            pids = self._workspace_pids()
+            if not pids or time.monotonic() > deadline:
+                break
+            for sig in (signal.SIGSTOP, signal.SIGKILL):
+                for pid in pids:
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.5)
 
     def _workspace_pids(self):
         """Processes whose command line names our POC workspace (they may have left the group)."""
@@ -154,23 +189,41 @@ class PocNetwork:
         return False
 
 
-def submit_and_wait(network: PocNetwork, job_dir, timeout: float = 900):
+def submit_and_wait(network: PocNetwork, job_dir, timeout: float = 900,
+                    progress: Optional[Callable[[float], None]] = None):
     """Submit a job folder through the FLARE API, wait until it finishes, download its result.
 
     The admin session runs in a child process: FLARE's admin client shares process-wide state
     (FOBS, cell settings) with anything else FLARE did in the caller, e.g. earlier tests.
+    ``progress(elapsed_seconds)`` is called every few seconds while the job runs.
     """
     out = _admin_call(["submit", str(network.admin_kit), str(Path(job_dir).resolve()), str(timeout)],
-                      network.env, timeout + 120)
+                      network.env, timeout + 120, progress)
     return out["job_id"], out["status"], Path(out["result"]) if out.get("result") else None
 
 
-def _admin_call(args, env: dict, timeout: float) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "flaretune.poc"] + args, env=env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+def _admin_call(args, env: dict, timeout: float, progress: Optional[Callable[[float], None]] = None) -> dict:
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "flaretune.poc"] + args, env=env, stdout=out, stderr=err,
+                                text=True, stdin=subprocess.DEVNULL)
+        started = time.monotonic()
+        try:
+            while proc.poll() is None:
+                if time.monotonic() - started > timeout:
+                    raise FlaretuneError(f"FLARE admin call {args[0]} did not return within {timeout:.0f}s")
+                if progress:
+                    progress(time.monotonic() - started)
+                time.sleep(2)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise FlaretuneError(f"FLARE admin call {args[0]} failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+        raise FlaretuneError(f"FLARE admin call {args[0]} failed: {stdout[-1500:]}{stderr[-1500:]}")
     return json.loads(lines[-1])
 
 
