@@ -11,19 +11,16 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Dict, List
 
+from flaretune.poc import PocNetwork, submit_and_wait
+
 GiB, MiB = 1 << 30, 1 << 20
 SITES = ("site-1", "site-2")
-ADMIN = "admin@nvidia.com"
 BASELINE_GB_PER_GIB = 5.5  # measured here: a 2 GiB model peaked at ~11 GB in one process
 
 
@@ -32,6 +29,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--baseline-size-gb", type=float, default=None,
                         help="baseline size in GiB (default: --size-gb, capped at 2 and at what fits in memory)")
     parser.add_argument("--chunk-mb", type=float, default=64.0, help="chunk size in MiB, at most 1024")
+    parser.add_argument("--slice-mb", type=float, default=None, help="largest message in MiB (default: the controller's)")
+    parser.add_argument("--streams", type=int, default=None, help="parallel streams (default: the controller's)")
     parser.add_argument("--json", default="", help="write the rows here")
     parser.add_argument("--plot", default="", help="RSS-over-time plot (default: next to --json, .png)")
     parser.add_argument("--skip-baseline", action="store_true", help="only run model_push")
@@ -133,132 +132,6 @@ class RssSampler(threading.Thread):
 
 
 # ---- the POC ------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-_PROJECT = """api_version: 3
-name: bench_stream
-description: flaretune bench stream (loopback only)
-participants:
-  - {{name: server, type: server, org: nvidia, fed_learn_port: {port}, default_host: localhost}}
-  - {{name: admin@nvidia.com, type: admin, org: nvidia, role: project_admin}}
-  - {{name: site-1, type: client, org: nvidia}}
-  - {{name: site-2, type: client, org: nvidia}}
-builders:
-  - path: nvflare.lighter.impl.workspace.WorkspaceBuilder
-    args: {{template_file: [master_template.yml]}}
-  - path: nvflare.lighter.impl.static_file.StaticFileBuilder
-    args: {{config_folder: config}}
-  - path: nvflare.lighter.impl.cert.CertBuilder
-  - path: nvflare.lighter.impl.signature.SignatureBuilder
-"""
-
-
-class Poc:
-    """A POC in ``root``: prepared with ``nvflare poc prepare``, started site by site, always stopped."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.env = dict(os.environ)
-        venv_bin = str(Path(sys.executable).parent)
-        self.env.update(HOME=str(root / "home"), NVFLARE_POC_WORKSPACE=str(root / "poc"),
-                        PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""))
-        self.procs: Dict[str, subprocess.Popen] = {}
-        self.prod: Path = root
-
-    def prepare(self):
-        (self.root / "home").mkdir(parents=True, exist_ok=True)
-        project = self.root / "project.yml"
-        project.write_text(_PROJECT.format(port=_free_port()))
-        subprocess.run([str(Path(sys.executable).parent / "nvflare"), "poc", "prepare", "-i", str(project), "--force"],
-                       env=self.env, check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        self.prod = next((self.root / "poc").glob("*/prod_00"))
-        fed_server = self.prod / "server" / "startup" / "fed_server.json"
-        conf = json.loads(fed_server.read_text())
-        for server in conf["servers"]:  # listen on loopback only
-            server["service"]["target"] = "localhost:" + server["service"]["target"].rsplit(":", 1)[1]
-        fed_server.write_text(json.dumps(conf, indent=2))
-        for site in ("server",) + SITES:  # FLARE 2.9 only builds allow-listed classes: add ours
-            local = self.prod / site / "local"
-            src = local / "resources.json" if (local / "resources.json").exists() else local / "resources.json.default"
-            res = json.loads(src.read_text())
-            res["class_allow_list"] = list(res.get("class_allow_list", [])) + ["flaretune."]
-            (local / "resources.json").write_text(json.dumps(res, indent=2))
-
-    def start(self, timeout: float = 300.0):
-        for site in ("server",) + SITES:
-            log = open(self.root / f"{site}.out", "wb")
-            self.procs[site] = subprocess.Popen(
-                ["bash", str(self.prod / site / "startup" / "sub_start.sh"), "--once"],
-                cwd=self.prod / site, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
-            if site == "server":
-                time.sleep(3)
-        self.session = self._connect(timeout)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            names = {c.name for c in self.session.get_system_info().client_info}
-            if set(SITES) <= names:
-                return
-            time.sleep(1)
-        raise RuntimeError(f"clients did not connect within {timeout:.0f}s; see {self.root}/*.out")
-
-    def _connect(self, timeout: float):
-        from nvflare.fuel.flare_api.flare_api import new_secure_session
-
-        deadline = time.time() + timeout
-        while True:
-            try:
-                return new_secure_session(ADMIN, str(self.prod / ADMIN), timeout=30.0)
-            except Exception:
-                if time.time() > deadline:
-                    raise
-                time.sleep(2)
-
-    def roots(self) -> Dict[str, int]:
-        return {site: p.pid for site, p in self.procs.items()}
-
-    def run_job(self, job_dir: Path, timeout: float, progress) -> dict:
-        job_id = self.session.submit_job(str(job_dir))
-        started = time.time()
-
-        def cb(session, jid, meta, *a, **k):
-            progress(time.time() - started, meta.get("status"))
-            return True
-
-        _, meta = self.session.monitor_job_and_return_job_meta(job_id, timeout=timeout, poll_interval=2.0, cb=cb)
-        if meta is None:
-            self.session.abort_job(job_id)
-            raise RuntimeError(f"job {job_dir.name} did not finish in {timeout:.0f}s")
-        return meta
-
-    def stop(self):
-        session = getattr(self, "session", None)
-        if session is not None:
-            try:
-                session.close()
-            except Exception:
-                pass
-        pids = []
-        kids = _children()
-        for proc in self.procs.values():
-            pids.extend(_tree(proc.pid, kids))
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in reversed(pids):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.time() + 10
-            while time.time() < deadline and any(p.poll() is None for p in self.procs.values()):
-                time.sleep(0.2)
-        for proc in self.procs.values():
-            proc.wait(timeout=5)
-
-
 # ---- jobs ----------------------------------------------------------------------------------------
 def _write_job(folder: Path, name: str, server_wf: dict, client_exec: dict, task: str) -> Path:
     config = folder / "app" / "config"
@@ -280,24 +153,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _measure(poc: Poc, job: Path, timeout: float, label: str) -> tuple:
-    sampler = RssSampler(poc.roots())
+def _measure(network: PocNetwork, job: Path, timeout: float, label: str) -> tuple:
+    sampler = RssSampler(network.roots())
     sampler.start()
     last = [0.0]
 
-    def progress(elapsed, status):
+    def progress(elapsed):
         if elapsed - last[0] >= 10:
             last[0] = elapsed
             top = max(sampler.peak.items(), key=lambda kv: kv[1], default=("-", 0.0))
-            _say(f"  {label}: {status} {elapsed:.0f}s, highest peak so far {top[0]} {top[1]:.0f} MB")
+            _say(f"  {label}: {elapsed:.0f}s, highest peak so far {top[0]} {top[1]:.0f} MB")
 
     try:
-        meta = poc.run_job(job, timeout, progress)
+        _, status, _ = submit_and_wait(network, job, timeout, progress=progress)
     finally:
         time.sleep(1.0)
         sampler.stop()
-    _say(f"  {label}: CPU seconds " + ", ".join(f"{k} {v:.1f}" for k, v in sampler.cpu_seconds().items()))
-    return meta, sampler
+    _say(f"  {label}: {status}; CPU seconds " + ", ".join(f"{k} {v:.1f}" for k, v in sampler.cpu_seconds().items()))
+    return status, sampler
 
 
 def _row(impl: str, size: int, chunk_mb: float, sampler: RssSampler, seconds: float, ok: bool) -> dict:
@@ -312,7 +185,7 @@ def _row(impl: str, size: int, chunk_mb: float, sampler: RssSampler, seconds: fl
     }
 
 
-def _run_stream(poc: Poc, work: Path, size: int, chunk_mb: float, timeout: float) -> tuple:
+def _run_stream(network: PocNetwork, work: Path, size: int, chunk_mb: float, timeout: float, tuning: dict) -> tuple:
     from flaretune.streaming.state_dict import write_synthetic_model
 
     model = work / "model"
@@ -321,38 +194,38 @@ def _run_stream(poc: Poc, work: Path, size: int, chunk_mb: float, timeout: float
     report_path = work / "stream_report.json"
     wf = {"path": "flaretune.streaming.controller.ModelPushController",
           "args": {"model_dir": str(model), "model_name": "bench_model", "chunk_mb": chunk_mb,
-                   "report_path": str(report_path)}}
+                   "report_path": str(report_path), **tuning}}
     ex = {"path": "flaretune.streaming.receiver.ModelPushReceiver", "args": {"dest_dir": "models"}}
     job = _write_job(work / "jobs" / "model_push", "model_push", wf, ex, "model_push")
     _say(f"model_push job: {size / GiB:.2f} GiB in {chunk_mb:g} MiB chunks to {', '.join(SITES)}")
-    meta, sampler = _measure(poc, job, timeout, "model_push")
+    status, sampler = _measure(network, job, timeout, "model_push")
     report = json.loads(report_path.read_text()) if report_path.exists() else {"ok": False, "error": "no report"}
     ok = bool(report.get("ok"))
     if ok:
         _say("verifying the received copies (sha256 at each site)")
         for site in SITES:
             for name, digest in report["file_sha256"].items():
-                ok = ok and _sha256(poc.prod / site / "models" / "bench_model" / name) == digest
+                ok = ok and _sha256(network.prod_dir / site / "models" / "bench_model" / name) == digest
     else:
-        _say(f"model_push failed ({meta.get('status')}): {report.get('error')}")
+        _say(f"model_push failed ({status}): {report.get('error')}")
     for site in SITES:
-        shutil.rmtree(poc.prod / site / "models", ignore_errors=True)
+        shutil.rmtree(network.prod_dir / site / "models", ignore_errors=True)
     shutil.rmtree(model, ignore_errors=True)
     total = report.get("total_bytes", size)
     return _row("object_streamer", total, chunk_mb, sampler, report.get("seconds", 0.0), ok), sampler, report
 
 
-def _run_baseline(poc: Poc, work: Path, size: int, timeout: float) -> tuple:
+def _run_baseline(network: PocNetwork, work: Path, size: int, timeout: float) -> tuple:
     report_path = work / "baseline_report.json"
     wf = {"path": "flaretune.streaming.baseline.TensorPushBaseline",
           "args": {"size_mb": size / MiB, "tensor_mb": 64, "report_path": str(report_path)}}
     ex = {"path": "flaretune.streaming.baseline.TensorReceiverBaseline", "args": {}}
     job = _write_job(work / "jobs" / "baseline", "baseline_push", wf, ex, "baseline_push")
     _say(f"baseline job: {size / GiB:.2f} GiB state dict as an FLModel (default tensor path)")
-    meta, sampler = _measure(poc, job, timeout, "baseline")
+    status, sampler = _measure(network, job, timeout, "baseline")
     report = json.loads(report_path.read_text()) if report_path.exists() else {"ok": False, "error": "no report"}
     if not report.get("ok"):
-        _say(f"baseline did not complete cleanly ({meta.get('status')}): {report.get('error', report)}")
+        _say(f"baseline did not complete cleanly ({status}): {report.get('error', report)}")
     return _row("flare_tensor_baseline", size, 0, sampler, report.get("seconds", 0.0), report.get("ok")), sampler
 
 
@@ -423,22 +296,23 @@ def run(args) -> int:
     base_gb = 0.0 if args.skip_baseline else _baseline_size(args)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ft_bench_stream_", dir=args.workdir))
-    poc = Poc(work)
+    network = PocNetwork(work, n_clients=len(SITES))
     rows, panels = [], []
     try:
         _say(f"preparing a POC (server + {len(SITES)} clients, loopback) in {work}")
-        poc.prepare()
-        poc.start()
-        _say("POC up: " + ", ".join(f"{k} pid {v}" for k, v in poc.roots().items()))
-        row, sampler, _ = _run_stream(poc, work, size, args.chunk_mb, args.timeout)
+        network.prepare()
+        roots = network.start_each()
+        _say("POC up: " + ", ".join(f"{k} pid {v}" for k, v in roots.items()))
+        tuning = {k: v for k, v in (("slice_mb", args.slice_mb), ("streams", args.streams)) if v is not None}
+        row, sampler, _ = _run_stream(network, work, size, args.chunk_mb, args.timeout, tuning)
         rows.append(row)
         panels.append((f"object_streamer {size / GiB:.2f} GiB, {args.chunk_mb:g} MiB chunks", sampler))
         if base_gb > 0:
-            row, sampler = _run_baseline(poc, work, int(base_gb * GiB), args.timeout)
+            row, sampler = _run_baseline(network, work, int(base_gb * GiB), args.timeout)
             rows.append(row)
             panels.append((f"FLARE tensor baseline {base_gb:.2f} GiB", sampler))
     finally:
-        poc.stop()
+        network.stop()
         if args.keep:
             _say(f"kept {work}")
         else:
