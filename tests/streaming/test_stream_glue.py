@@ -1,5 +1,6 @@
 """FLARE glue without FLARE processes: producer and consumer talk directly, with a bare FLContext."""
 
+import numpy as np
 import pytest
 from nvflare.apis.fl_context import FLContext
 
@@ -35,7 +36,10 @@ def _push(model, dest, fault_fn=None, max_retries=2):
         if msg is None:
             break
         messages += 1
-        assert msg.get(P.KEY_DATA) is not None and len(msg.get(P.KEY_DATA)) <= 1000  # one slice per message
+        data = msg.get(P.KEY_DATA)
+        assert len(data) <= 1000  # one slice per message
+        # a uint8 array: FOBS moves it through FLARE's download service instead of inline in the message
+        assert isinstance(data, np.ndarray) and data.dtype == np.uint8
         _, reply = consumer.consume(msg, stream_ctx, ctx)
         if producer.process_replies({"site-1": reply}, stream_ctx, ctx) is False:
             break

@@ -42,11 +42,12 @@ class ModelChunkConsumer(ObjectConsumer):
         if kind != P.KIND_CHUNK:
             return True, _reply(P.STATUS_FAIL, f"unknown message kind {kind!r}")
         name, index = shareable.get(P.KEY_FILE), shareable.get(P.KEY_INDEX)
+        data = shareable.get(P.KEY_DATA)  # a uint8 array FLARE already downloaded, or bytes
         try:
             outcome = self.receiver.accept(
                 name,
                 index,
-                shareable.get(P.KEY_DATA) or b"",
+                b"" if data is None else data,
                 shareable.get(P.KEY_CHUNK_SHA),
                 offset=shareable.get(P.KEY_SLICE_OFFSET, shareable.get(P.KEY_OFFSET)),
                 last=bool(shareable.get(P.KEY_LAST, True)),
