@@ -105,8 +105,9 @@ class PocNetwork:
     def start(self, timeout: float = 300) -> None:
         """Start the network; wait (up to ``timeout``: a loaded 2-core machine can take minutes) for every client."""
         log = open(self.root / "poc.log", "a")
-        proc = subprocess.Popen(nvflare_command() + ["poc", "start"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True)
+        proc = subprocess.Popen(nvflare_command() + ["poc", "start"], env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root,
+                                start_new_session=True)
         self._group = proc.pid
         proc.wait(timeout=timeout)
         self._wait_ready(timeout)

@@ -63,7 +63,7 @@ def test_file_failing_its_checksum_is_never_published_and_the_job_names_it(tmp_p
     proc, model, ws = _run_simulator(tmp_path, corrupt_chunks=[{"file": bad, "file_sha256": True}])
     assert proc.returncode != 0
     errors = (ws / "server" / "error_log.txt").read_text()
-    assert f"model_push failed: model push to site-" in errors and bad in errors and "not published" in errors
+    assert "model_push failed: model push to site-" in errors and bad in errors and "not published" in errors
     for site in SITES:
         dest = ws / site / "models" / "base"
         assert not (dest / bad).exists()

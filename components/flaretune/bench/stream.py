@@ -29,7 +29,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--baseline-size-gb", type=float, default=None,
                         help="baseline size in GiB (default: --size-gb, capped at 2 and at what fits in memory)")
     parser.add_argument("--chunk-mb", type=float, default=64.0, help="chunk size in MiB, at most 1024")
-    parser.add_argument("--slice-mb", type=float, default=None, help="largest message in MiB (default: the controller's)")
+    parser.add_argument("--slice-mb", type=float, default=None,
+                        help="largest message in MiB (default: the controller's)")
     parser.add_argument("--streams", type=int, default=None, help="parallel streams (default: the controller's)")
     parser.add_argument("--json", default="", help="write the rows here")
     parser.add_argument("--plot", default="", help="RSS-over-time plot (default: next to --json, .png)")

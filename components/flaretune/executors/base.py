@@ -167,7 +167,8 @@ class PeftExecutor(Executor):
             params=params,
             metrics=metrics,
             current_round=round_number,
-            meta={NUM_EXAMPLES_KEY: len(self._train), UPLOAD_BYTES_KEY: upload, MetaKey.NUM_STEPS_CURRENT_ROUND: result.steps},
+            meta={NUM_EXAMPLES_KEY: len(self._train), UPLOAD_BYTES_KEY: upload,
+                  MetaKey.NUM_STEPS_CURRENT_ROUND: result.steps},
         )
         return FLModelUtils.to_shareable(reply)
 
