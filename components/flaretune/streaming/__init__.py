@@ -4,7 +4,9 @@ Pure core (no FLARE): ``chunks`` (planning, sha256, manifest), ``writer`` (temp 
 verified publish), ``schedule`` (what to send next, retries, test fault injection), ``state_dict``
 (spill a state dict to safetensors shards and back). FLARE glue on top: ``producer``/``consumer``
 (ObjectProducer/ObjectConsumer), ``controller.ModelPushController`` and ``receiver.ModelPushReceiver``
-(the ``model_push`` task). Importing this package does not import nvflare or torch.
+(the ``model_push`` task). For full-model FedAvg: ``aggregate`` (average model folders on disk) and
+``fedavg.StreamedFedAvg`` (its site side is ``flaretune.executors.full_train``).
+Importing this package does not import nvflare or torch.
 """
 
 from flaretune.streaming.chunks import (

@@ -113,7 +113,7 @@ class ModelPushController(Controller):
         started = time.time()
         report = {"ok": False, "task_name": self.task_name, "chunk_size": self._chunk_size}
         try:
-            report.update(self._push(abort_signal, fl_ctx, started))
+            report.update(self._push(abort_signal, fl_ctx))
             report["ok"] = True
         except (TransferError, ConfigError) as err:
             report["error"] = str(err)
@@ -125,56 +125,24 @@ class ModelPushController(Controller):
             if self.report_path:
                 Path(self.report_path).write_text(json.dumps(report, indent=1))
 
-    def _push(self, abort_signal: Signal, fl_ctx: FLContext, started: float) -> dict:
-        path = self._model_path(fl_ctx)
-        self.log_info(fl_ctx, f"model_push: hashing {path} in {self._chunk_size / (1 << 20):g} MiB chunks")
-        manifest = build_manifest(path, self._chunk_size, model_name=self.model_name)
-        corrupt_manifest(manifest, self.corrupt_chunks)
-        hashed = time.time()
-        targets = self.targets or [c.name for c in fl_ctx.get_engine().get_clients()]
-        push_id = str(uuid.uuid4())
-        task = Task(
-            name=self.task_name,
-            data=Shareable({P.KEY_PUSH_ID: push_id, P.KEY_MANIFEST: manifest.to_dict()}),
-            timeout=int(self.prepare_timeout),
-        )
-        self.broadcast_and_wait(task, fl_ctx, targets=targets, min_responses=len(targets), abort_signal=abort_signal)
-        need_by_site = self._needs(task.client_tasks, targets)
-        prepared = time.time()
-        if abort_signal.triggered:
-            raise TransferError("model_push aborted")
-        self.log_info(
-            fl_ctx, f"model_push: sending {manifest.model_name} ({manifest.total_bytes} bytes) to {', '.join(targets)}"
-        )
-        sites = stream_model_folder(
+    def _push(self, abort_signal: Signal, fl_ctx: FLContext) -> dict:
+        return push_folder(
+            self,
             fl_ctx,
-            path,
-            manifest,
-            targets,
-            need_by_site=need_by_site,
+            abort_signal,
+            self._model_path(fl_ctx),
+            model_name=self.model_name,
+            chunk_size=self._chunk_size,
+            targets=self.targets,
+            task_name=self.task_name,
+            prepare_timeout=self.prepare_timeout,
             max_retries=self.max_retries,
             chunk_timeout=self.chunk_timeout,
             slice_mb=self.slice_mb,
             streams=self.streams,
+            corrupt_chunks=self.corrupt_chunks,
             fault_fn=self._fault_fn,
-            push_id=push_id,
         )
-        stream_seconds = time.time() - prepared
-        self.log_info(
-            fl_ctx,
-            f"model_push: done, {manifest.total_bytes / 1e6:.0f} MB in {time.time() - started:.1f}s "
-            f"({manifest.total_bytes / 1e6 / max(stream_seconds, 1e-6):.0f} MB/s streaming)",
-        )
-        return {
-            "model_name": manifest.model_name,
-            "total_bytes": manifest.total_bytes,
-            "file_sha256": {f.name: f.sha256 for f in manifest.files},
-            "hash_seconds": hashed - started,
-            "prepare_seconds": prepared - hashed,
-            "stream_seconds": stream_seconds,
-            "sites": sites,
-            "need_chunks": {s: sum(len(v) for v in n.values()) for s, n in need_by_site.items()},
-        }
 
     @staticmethod
     def _needs(client_tasks: List[ClientTask], targets: List[str]) -> dict:
@@ -189,3 +157,77 @@ class ModelPushController(Controller):
         if missing:
             raise TransferError(f"no answer to the model_push task from {', '.join(missing)}")
         return need_by_site
+
+
+def push_folder(
+    controller: Controller,
+    fl_ctx: FLContext,
+    abort_signal: Signal,
+    path: Path,
+    model_name: str = "",
+    chunk_size: int = chunk_size_from_mb(DEFAULT_CHUNK_MB),
+    targets: Optional[List[str]] = None,
+    task_name: str = P.TASK_NAME,
+    prepare_timeout: int = 600,
+    max_retries: int = 3,
+    chunk_timeout: float = 300.0,
+    slice_mb: float = DEFAULT_SLICE_MB,
+    streams: int = DEFAULT_STREAMS,
+    corrupt_chunks: Optional[List[dict]] = None,
+    fault_fn=None,
+) -> dict:
+    """Push ``path`` to ``targets`` (default: every client) from any controller's ``control_flow``.
+
+    Hashes the folder, sends the ``task_name`` task so each site says what it still needs, then streams
+    exactly that. Returns the push report; raises TransferError naming the site or file on failure.
+    """
+    started = time.time()
+    controller.log_info(fl_ctx, f"model_push: hashing {path} in {chunk_size / (1 << 20):g} MiB chunks")
+    manifest = build_manifest(path, chunk_size, model_name=model_name)
+    corrupt_manifest(manifest, corrupt_chunks)
+    hashed = time.time()
+    targets = targets or [c.name for c in fl_ctx.get_engine().get_clients()]
+    push_id = str(uuid.uuid4())
+    task = Task(
+        name=task_name,
+        data=Shareable({P.KEY_PUSH_ID: push_id, P.KEY_MANIFEST: manifest.to_dict()}),
+        timeout=int(prepare_timeout),
+    )
+    controller.broadcast_and_wait(task, fl_ctx, targets=targets, min_responses=len(targets),
+                                  abort_signal=abort_signal)
+    need_by_site = ModelPushController._needs(task.client_tasks, targets)
+    prepared = time.time()
+    if abort_signal.triggered:
+        raise TransferError("model_push aborted")
+    controller.log_info(
+        fl_ctx, f"model_push: sending {manifest.model_name} ({manifest.total_bytes} bytes) to {', '.join(targets)}"
+    )
+    sites = stream_model_folder(
+        fl_ctx,
+        path,
+        manifest,
+        targets,
+        need_by_site=need_by_site,
+        max_retries=max_retries,
+        chunk_timeout=chunk_timeout,
+        slice_mb=slice_mb,
+        streams=streams,
+        fault_fn=fault_fn,
+        push_id=push_id,
+    )
+    stream_seconds = time.time() - prepared
+    controller.log_info(
+        fl_ctx,
+        f"model_push: done, {manifest.total_bytes / 1e6:.0f} MB in {time.time() - started:.1f}s "
+        f"({manifest.total_bytes / 1e6 / max(stream_seconds, 1e-6):.0f} MB/s streaming)",
+    )
+    return {
+        "model_name": manifest.model_name,
+        "total_bytes": manifest.total_bytes,
+        "file_sha256": {f.name: f.sha256 for f in manifest.files},
+        "hash_seconds": hashed - started,
+        "prepare_seconds": prepared - hashed,
+        "stream_seconds": stream_seconds,
+        "sites": sites,
+        "need_chunks": {s: sum(len(v) for v in n.values()) for s, n in need_by_site.items()},
+    }

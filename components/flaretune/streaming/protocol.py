@@ -41,3 +41,11 @@ STATUS_FAIL = "fail"
 
 # sticky FLContext property set on a site once a push was received: the folder the model now lives in
 PUSHED_MODEL_DIR = "flaretune_pushed_model_dir"
+
+# full-model updates: a site streams its trained model folder back to the server on this topic
+UPDATE_TOPIC = "model_update"
+KEY_MODEL_NAME = PREFIX + "model_name"  # train task: the pushed model folder to start from
+KEY_ROUND = PREFIX + "round"
+KEY_UPDATE = PREFIX + "update"  # train result: {"model_name", "file_sha256", "total_bytes"} of the streamed update
+KEY_NUM_EXAMPLES = "num_examples"
+KEY_METRICS = PREFIX + "metrics"
