@@ -1,4 +1,4 @@
-"""A FLARE POC network on loopback, for tests and benchmarks: prepare, start, submit, stop.
+"""FLARE networks on this machine, for tests and benchmarks: a POC on loopback, or any startup kits.
 
 Everything lives under one root folder: ``HOME`` (so nothing is written to the real home), the POC
 workspace and the logs. The server listens on 127.0.0.1 only, on a free port. :meth:`PocNetwork.stop`
@@ -29,13 +29,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class PocNetwork:
-    def __init__(self, root, n_clients: int = 3, extra_env: Optional[dict] = None):
+class KitNetwork:
+    """Startup kits in one folder (``prod_dir``) run on this machine; ``HOME`` and logs under ``root``.
+
+    Each site starts as its own process tree (:meth:`start_each`); :meth:`stop` ends every process whose
+    command line names ``workspace``. The admin kit's folder name is the admin's user name.
+    """
+
+    def __init__(self, root, prod_dir=None, server: str = "server", clients=(), admin: str = ADMIN,
+                 extra_env: Optional[dict] = None):
         self.root = Path(root).resolve()
-        self.n_clients = n_clients
-        self.port = free_port()
+        self._prod_dir = Path(prod_dir).resolve() if prod_dir else None
+        self.server = server
+        self.clients = list(clients)
+        self.admin = admin
         self.extra_env = extra_env or {}
-        self.workspace = self.root / "poc"
+        self.workspace = self._prod_dir or self.root
         self._group: Optional[int] = None
         self.procs: Dict[str, subprocess.Popen] = {}  # start_each(): one process tree per site
 
@@ -43,85 +52,29 @@ class PocNetwork:
     def env(self) -> dict:
         home = self.root / "home"
         home.mkdir(parents=True, exist_ok=True)
-        return venv_env({"HOME": str(home), "NVFLARE_POC_WORKSPACE": str(self.workspace), **self.extra_env})
+        return venv_env({"HOME": str(home), **self.extra_env})
 
     @property
     def prod_dir(self) -> Path:
-        hits = sorted(self.workspace.glob("*/prod_*"))
-        if not hits:
-            raise FlaretuneError(f"no POC kits under {self.workspace}: was prepare() run?")
-        return hits[-1]
+        return self._prod_dir
 
     @property
     def admin_kit(self) -> Path:
-        return self.prod_dir / ADMIN
-
-    def _nvflare(self, *args, timeout: float = 180) -> str:
-        proc = subprocess.run(nvflare_command() + list(args), env=self.env, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.root)
-        if proc.returncode != 0:
-            raise FlaretuneError(f"nvflare {' '.join(args)} failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-        return proc.stdout
-
-    def prepare(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._nvflare("poc", "prepare", "-n", str(self.n_clients), "--force")
-        self._bind_loopback()
-        for site in self.sites():
-            allow_in_local_dir(self.prod_dir / site / "local")
-        allow_in_local_dir(self.prod_dir / "server" / "local")
+        return self.prod_dir / self.admin
 
     def sites(self):
-        return [f"site-{i}" for i in range(1, self.n_clients + 1)]
-
-    def _edit_json(self, path: Path, edit) -> None:
-        data = json.loads(path.read_text())
-        edit(data)
-        path.write_text(json.dumps(data, indent=2))
-
-    def _bind_loopback(self) -> None:
-        """Server on 127.0.0.1:<free port>; clients and admin connect there."""
-
-        def server(data):
-            for srv in data["servers"]:
-                srv["service"]["target"] = f"localhost:{self.port}"
-                srv["admin_port"] = self.port
-
-        def client(data):
-            for srv in data["servers"]:
-                srv["service"]["target"] = f"localhost:{self.port}"
-
-        def admin(data):
-            data["admin"]["host"] = "localhost"
-            data["admin"]["port"] = self.port
-
-        prod = self.prod_dir
-        self._edit_json(prod / "server" / "startup" / "fed_server.json", server)
-        for site in self.sites():
-            self._edit_json(prod / site / "startup" / "fed_client.json", client)
-        for kit in prod.glob("*@*"):
-            self._edit_json(kit / "startup" / "fed_admin.json", admin)
-
-    def start(self, timeout: float = 300) -> None:
-        """Start the network; wait (up to ``timeout``: a loaded 2-core machine can take minutes) for every client."""
-        log = open(self.root / "poc.log", "a")
-        proc = subprocess.Popen(nvflare_command() + ["poc", "start"], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root,
-                                start_new_session=True)
-        self._group = proc.pid
-        proc.wait(timeout=timeout)
-        self._wait_ready(timeout)
+        return list(self.clients)
 
     def start_each(self, timeout: float = 300) -> Dict[str, int]:
         """Start the server and every client as its own process tree (``sub_start.sh --once``), so a caller
         can watch each site's processes (see :meth:`roots`); wait for every client like :meth:`start`."""
-        for site in ["server"] + self.sites():
+        for site in [self.server] + self.sites():
             kit = self.prod_dir / site
             log = open(self.root / f"{site}.out", "ab")
             self.procs[site] = subprocess.Popen(["bash", str(kit / "startup" / "sub_start.sh"), "--once"], cwd=kit,
                                                 env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
-            if site == "server":
+            if site == self.server:
                 time.sleep(3)  # clients retry, but a server that is already listening saves a round of backoff
         self._wait_ready(timeout)
         return self.roots()
@@ -131,16 +84,14 @@ class PocNetwork:
         return {site: proc.pid for site, proc in self.procs.items()}
 
     def _wait_ready(self, timeout: float) -> None:
-        _admin_call(["wait-ready", str(self.admin_kit), str(self.n_clients), str(timeout)], self.env, timeout + 60)
+        _admin_call(["wait-ready", str(self.admin_kit), str(len(self.sites())), str(timeout)], self.env, timeout + 60)
+
+    def _stop_politely(self) -> None:
+        """Kits have no stop command that needs no admin: nothing to do before the kills."""
 
     def stop(self) -> None:
         """Stop politely, then end whatever is left in the process group and under the workspace."""
-        try:
-            subprocess.run(nvflare_command() + ["poc", "stop"], env=self.env, capture_output=True, timeout=60,
-                           stdin=subprocess.DEVNULL, cwd=self.root)
-        except (subprocess.TimeoutExpired, OSError):
-            pass
-        time.sleep(2)
+        self._stop_politely()
         for group in [self._group] + [proc.pid for proc in self.procs.values()]:
             try:
                 if group:
@@ -190,7 +141,94 @@ class PocNetwork:
         return False
 
 
-def submit_and_wait(network: PocNetwork, job_dir, timeout: float = 900,
+
+class PocNetwork(KitNetwork):
+    """``nvflare poc prepare -n N`` in ``root/poc``, on 127.0.0.1 and a free port, started with ``poc start``
+    (:meth:`start`) or site by site (:meth:`start_each`)."""
+
+    def __init__(self, root, n_clients: int = 3, extra_env: Optional[dict] = None):
+        super().__init__(root, extra_env=extra_env)
+        self.n_clients = n_clients
+        self.port = free_port()
+        self.workspace = self.root / "poc"
+
+    @property
+    def env(self) -> dict:
+        return {**super().env, "NVFLARE_POC_WORKSPACE": str(self.workspace)}
+
+    @property
+    def prod_dir(self) -> Path:
+        hits = sorted(self.workspace.glob("*/prod_*"))
+        if not hits:
+            raise FlaretuneError(f"no POC kits under {self.workspace}: was prepare() run?")
+        return hits[-1]
+
+    def sites(self):
+        return [f"site-{i}" for i in range(1, self.n_clients + 1)]
+
+    def _stop_politely(self) -> None:
+        try:
+            subprocess.run(nvflare_command() + ["poc", "stop"], env=self.env, capture_output=True, timeout=60,
+                           stdin=subprocess.DEVNULL, cwd=self.root)
+        except (subprocess.TimeoutExpired, OSError):
+            pass
+        time.sleep(2)
+
+    def _nvflare(self, *args, timeout: float = 180) -> str:
+        proc = subprocess.run(nvflare_command() + list(args), env=self.env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.root)
+        if proc.returncode != 0:
+            raise FlaretuneError(f"nvflare {' '.join(args)} failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        return proc.stdout
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._nvflare("poc", "prepare", "-n", str(self.n_clients), "--force")
+        self._bind_loopback()
+        for site in self.sites():
+            allow_in_local_dir(self.prod_dir / site / "local")
+        allow_in_local_dir(self.prod_dir / "server" / "local")
+
+    def _edit_json(self, path: Path, edit) -> None:
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data, indent=2))
+
+    def _bind_loopback(self) -> None:
+        """Server on 127.0.0.1:<free port>; clients and admin connect there."""
+
+        def server(data):
+            for srv in data["servers"]:
+                srv["service"]["target"] = f"localhost:{self.port}"
+                srv["admin_port"] = self.port
+
+        def client(data):
+            for srv in data["servers"]:
+                srv["service"]["target"] = f"localhost:{self.port}"
+
+        def admin(data):
+            data["admin"]["host"] = "localhost"
+            data["admin"]["port"] = self.port
+
+        prod = self.prod_dir
+        self._edit_json(prod / "server" / "startup" / "fed_server.json", server)
+        for site in self.sites():
+            self._edit_json(prod / site / "startup" / "fed_client.json", client)
+        for kit in prod.glob("*@*"):
+            self._edit_json(kit / "startup" / "fed_admin.json", admin)
+
+    def start(self, timeout: float = 300) -> None:
+        """Start the network; wait (up to ``timeout``: a loaded 2-core machine can take minutes) for every client."""
+        log = open(self.root / "poc.log", "a")
+        proc = subprocess.Popen(nvflare_command() + ["poc", "start"], env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root,
+                                start_new_session=True)
+        self._group = proc.pid
+        proc.wait(timeout=timeout)
+        self._wait_ready(timeout)
+
+
+def submit_and_wait(network: KitNetwork, job_dir, timeout: float = 900,
                     progress: Optional[Callable[[float], None]] = None):
     """Submit a job folder through the FLARE API, wait until it finishes, download its result.
 
@@ -231,7 +269,7 @@ def _admin_call(args, env: dict, timeout: float, progress: Optional[Callable[[fl
 def _session(admin_kit: str, timeout: float = 30):
     from nvflare.fuel.flare_api.flare_api import new_secure_session
 
-    return new_secure_session(ADMIN, admin_kit, timeout=timeout)
+    return new_secure_session(Path(admin_kit).name, admin_kit, timeout=timeout)  # kits are named after users
 
 
 def _cmd_wait_ready(admin_kit: str, n_clients: str, timeout: str) -> dict:

@@ -1,0 +1,107 @@
+"""provisioning/*.yml build startup kits that run flaretune jobs under each site's policy."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flaretune.poc import KitNetwork, free_port, submit_and_wait
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "provisioning"
+CLINICAL_JOB = Path(__file__).resolve().parents[2] / "jobs" / "clinical_ner"
+
+
+def _provision(project: Path, tmp_path: Path) -> Path:
+    env = dict(os.environ, HOME=str(tmp_path / "home"))
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    (tmp_path / "home").mkdir(exist_ok=True)
+    proc = subprocess.run([str(Path(sys.executable).parent / "nvflare"), "provision", "-p", str(project),
+                           "-w", str(tmp_path / "ws")], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    name = yaml.safe_load(project.read_text())["name"]
+    return tmp_path / "ws" / name / "prod_00"
+
+
+@pytest.mark.parametrize("template, clients, allowed", [
+    ("hospital_network.yml", ["hospital-a", "hospital-b", "hospital-c"],
+     ["*lora_*", "*.classifier.*", "*modules_to_save*"]),
+    ("bank_network.yml", ["bank-north", "bank-south", "bank-east"], ["*lora_*"]),
+])
+def test_templates_provision_kits_with_flaretune_site_policy(tmp_path, template, clients, allowed):
+    project = yaml.safe_load((TEMPLATES / template).read_text())
+    prod = _provision(TEMPLATES / template, tmp_path)
+    server = next(p["name"] for p in project["participants"] if p["type"] == "server")
+    for site in [server] + clients:
+        local = prod / site / "local"
+        allow = json.loads((local / "resources.json.default").read_text())["class_allow_list"]
+        assert "flaretune." in allow and "nvflare." in " ".join(allow)  # FLARE's own entries kept
+        authz = json.loads((local / "authorization.json.default").read_text())["permissions"]
+        assert authz["lead"]["byoc"] == "none" and authz["org_admin"]["byoc"] == "none"
+        assert authz["lead"]["submit_job"] == "any" and authz["project_admin"] == "any"
+    for site in clients:
+        privacy = json.loads((prod / site / "local" / "privacy.json").read_text())
+        scope = privacy["scopes"][0]
+        assert privacy["default_scope"] == scope["name"] == "adapters_only"
+        guard = scope["task_result_filters"][0]
+        assert guard["path"] == "flaretune.filters.guard.AdapterOnlyGuard" and guard["args"]["allowed"] == allowed
+    assert not (prod / server / "local" / "privacy.json").exists()
+    admins = [p["name"] for p in project["participants"] if p["type"] == "admin"]
+    assert all((prod / a / "startup" / "fed_admin.json").is_file() for a in admins)
+
+
+def test_bad_builder_arguments_fail_the_provisioning_with_a_clear_message(tmp_path):
+    project = yaml.safe_load((TEMPLATES / "hospital_network.yml").read_text())
+    builder = next(b for b in project["builders"] if b["path"].startswith("flaretune."))
+    builder["args"]["adapter_guard"]["max_mb"] = 0
+    path = tmp_path / "project.yml"
+    path.write_text(yaml.safe_dump(project))
+    env = dict(os.environ, HOME=str(tmp_path))
+    proc = subprocess.run([str(Path(sys.executable).parent / "nvflare"), "provision", "-p", str(path), "-w",
+                           str(tmp_path / "ws")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0 or not (tmp_path / "ws" / project["name"] / "prod_00").exists()
+    assert "max_mb for AdapterOnlyGuard must be a number > 0" in proc.stdout + proc.stderr
+
+
+@pytest.mark.integration
+def test_hospital_kits_run_clinical_ner_and_the_guard_checks_every_result(tmp_path):
+    """The hospital template, renamed to run on loopback: three kits, the lead researcher submits."""
+    from flaretune.data.clinical import make_clinical_dataset
+    from flaretune.jobcfg import JobFolder
+
+    project = yaml.safe_load((TEMPLATES / "hospital_network.yml").read_text())
+    server = next(p for p in project["participants"] if p["type"] == "server")
+    server.update(name="localhost", fed_learn_port=free_port())  # the only edit a real network would not make
+    path = tmp_path / "project.yml"
+    path.write_text(yaml.safe_dump(project))
+    prod = _provision(path, tmp_path)
+
+    hospitals = ["hospital-a", "hospital-b", "hospital-c"]
+    make_clinical_dataset(tmp_path / "synth", n_sites=3, seed=3, n_train=64, n_test=16)
+    data = tmp_path / "data"
+    for i, name in enumerate(hospitals, start=1):  # each hospital's own files, under its own name
+        shutil.copytree(tmp_path / "synth" / f"site-{i}", data / name)
+    folder = JobFolder(CLINICAL_JOB)
+    folder.set_rounds(1)
+    folder.executor_args.update({"max_steps": 4, "num_threads": 1})
+    job = folder.write(tmp_path / "job")
+
+    network = KitNetwork(tmp_path, prod_dir=prod, server="localhost", clients=hospitals,
+                         admin="lead@consortium.example", extra_env={"FLARETUNE_DATA_DIR": str(data)})
+    try:
+        network.start_each()
+        job_id, status, _ = submit_and_wait(network, job, timeout=600)
+    finally:
+        network.stop()
+    assert status == "FINISHED:COMPLETED", status
+    assert not network._workspace_pids()
+    for name in hospitals:
+        log = (prod / name / job_id / "log.txt").read_text()
+        # every result that left the hospital went through its privacy policy first
+        assert "AdapterOnlyGuard" in log and "allowed to leave" in log, name
+        assert "UNSAFE_JOB" not in log
