@@ -1,4 +1,5 @@
-"""FLARE DXO filters over :mod:`flaretune.ops`: quantization and top-k sparsification.
+"""FLARE DXO filters over :mod:`flaretune.ops`: quantization and top-k sparsification; and
+:class:`AdapterOnlyGuard`, the site privacy filter the provisioning templates install.
 
 Wire them task by task (FLARE 2.9 never matches ``tasks=["*"]``); :func:`filter_config` writes the
 JSON for one side of a job.
@@ -10,7 +11,8 @@ from typing import List, Optional
 # the filter classes import torch and nvflare: load them on first use, so writing a job config
 # with filter_config() stays cheap
 _LAZY = {"QuantizeFilter": "quantize", "DequantizeFilter": "quantize", "QUANT_META_KEY": "quantize",
-         "TopKSparsifyFilter": "sparsify", "DensifyFilter": "sparsify", "SPARSE_META_KEY": "sparsify"}
+         "TopKSparsifyFilter": "sparsify", "DensifyFilter": "sparsify", "SPARSE_META_KEY": "sparsify",
+         "AdapterOnlyGuard": "guard"}
 
 __all__ = [
     "QuantizeFilter",
@@ -19,6 +21,7 @@ __all__ = [
     "DensifyFilter",
     "QUANT_META_KEY",
     "SPARSE_META_KEY",
+    "AdapterOnlyGuard",
     "filter_config",
 ]
 
