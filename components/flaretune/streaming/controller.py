@@ -6,7 +6,6 @@ Put it first in a job's workflows; the training workflow that follows finds the 
 """
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +23,7 @@ from flaretune.streaming import protocol as P
 from flaretune.streaming.memory import pin_mmap_threshold
 from flaretune.streaming.chunks import DEFAULT_CHUNK_MB, build_manifest, chunk_size_from_mb
 from flaretune.streaming.producer import DEFAULT_SLICE_MB, DEFAULT_STREAMS, stream_model_folder
+from flaretune.streaming.receiver import resolve_site_dir
 from flaretune.streaming.schedule import TransferError, corrupt_manifest, corrupter
 
 
@@ -102,9 +102,7 @@ class ModelPushController(Controller):
         self.log_warning(fl_ctx, f"ignoring late result of task {task_name!r} from {client.name}")
 
     def _model_path(self, fl_ctx: FLContext) -> Path:
-        path = Path(os.path.expandvars(os.path.expanduser(self.model_dir)))
-        if not path.is_absolute():
-            path = Path(fl_ctx.get_engine().get_workspace().get_root_dir()) / path
+        path = resolve_site_dir(self.model_dir, fl_ctx)
         if not path.exists():
             raise ConfigError(f"model_dir {str(path)!r} does not exist")
         return path

@@ -10,7 +10,6 @@ the same way: see :mod:`flaretune.streaming.protocol`).
 """
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from flaretune.streaming.chunks import DEFAULT_CHUNK_MB, chunk_size_from_mb
 from flaretune.streaming.consumer import register_model_receiver
 from flaretune.streaming.controller import push_folder
 from flaretune.streaming.memory import pin_mmap_threshold
+from flaretune.streaming.receiver import resolve_under
 from flaretune.streaming.schedule import TransferError
 
 HISTORY_FILE = "history.json"
@@ -92,14 +92,10 @@ class StreamedFedAvg(Controller):
         self._run_dir: Optional[Path] = None
 
     # -- paths ----------------------------------------------------------------------------------
-    def _under(self, base: Path, path: str) -> Path:
-        path = Path(os.path.expandvars(os.path.expanduser(path)))
-        return path if path.is_absolute() else base / path
-
     def start_controller(self, fl_ctx: FLContext):
         workspace = fl_ctx.get_engine().get_workspace()
         self._run_dir = Path(workspace.get_run_dir(fl_ctx.get_job_id()))
-        register_model_receiver(fl_ctx, self._under(self._run_dir, self.updates_dir), topic=P.UPDATE_TOPIC)
+        register_model_receiver(fl_ctx, resolve_under(self._run_dir, self.updates_dir), topic=P.UPDATE_TOPIC)
 
     def stop_controller(self, fl_ctx: FLContext):
         pass
@@ -112,8 +108,8 @@ class StreamedFedAvg(Controller):
     # -- rounds ---------------------------------------------------------------------------------
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext):
         root = Path(fl_ctx.get_engine().get_workspace().get_root_dir())
-        current = self._under(root, self.model_dir)
-        global_root = self._under(self._run_dir, self.global_dir)
+        current = resolve_under(root, self.model_dir)
+        global_root = resolve_under(self._run_dir, self.global_dir)
         history = {"model_dir": str(current), "rounds": []}
         try:
             if not (current.is_dir() and any(current.glob("*.safetensors"))):
@@ -164,7 +160,7 @@ class StreamedFedAvg(Controller):
             timeout=int(self.train_timeout),
         )
         self.broadcast_and_wait(task, fl_ctx, targets=targets, min_responses=len(targets), abort_signal=abort_signal)
-        updates_root = self._under(self._run_dir, self.updates_dir)
+        updates_root = resolve_under(self._run_dir, self.updates_dir)
         results = []
         for ct in task.client_tasks:
             site, result = ct.client.name, ct.result

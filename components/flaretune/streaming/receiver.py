@@ -25,12 +25,15 @@ from flaretune.streaming.consumer import register_model_receiver
 from flaretune.streaming.writer import TransferReceiver
 
 
+def resolve_under(base, path: str) -> Path:
+    """``path`` with ``~`` and ``$VARS`` expanded; absolute as given, relative under ``base``."""
+    path = Path(os.path.expandvars(os.path.expanduser(path)))
+    return path if path.is_absolute() else Path(base) / path
+
+
 def resolve_site_dir(path: str, fl_ctx: FLContext) -> Path:
     """Absolute paths as given; relative ones under this site's workspace root (not the job's run folder)."""
-    path = Path(os.path.expandvars(os.path.expanduser(path)))
-    if path.is_absolute():
-        return path
-    return Path(fl_ctx.get_engine().get_workspace().get_root_dir()) / path
+    return resolve_under(fl_ctx.get_engine().get_workspace().get_root_dir(), path)
 
 
 def _check_dest_dir(dest_dir) -> None:
