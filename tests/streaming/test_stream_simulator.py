@@ -20,16 +20,22 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _run_simulator(tmp_path: Path, **server_args) -> tuple:
-    """Copy the test job, point it at a fresh synthetic model, run the simulator in a subprocess."""
-    model = write_synthetic_model(tmp_path / "model", 3_000_000, shard_mb=1, tensor_mb=0.5)
-    job = tmp_path / "job"
+def _run_simulator(tmp_path: Path, run: str = "", client_args=None, **server_args) -> tuple:
+    """Copy the test job, point it at a synthetic model (written once per tmp_path), run the simulator."""
+    model = tmp_path / "model"
+    if not model.exists():
+        write_synthetic_model(model, 3_000_000, shard_mb=1, tensor_mb=0.5)
+    job = tmp_path / f"job{run}"
     shutil.copytree(JOB, job)
     config = job / "app" / "config" / "config_fed_server.json"
     server = json.loads(config.read_text())
     server["workflows"][0]["args"].update(model_dir=str(model), chunk_mb=0.0625, slice_mb=0.03, **server_args)
     config.write_text(json.dumps(server, indent=1))
-    workspace = tmp_path / "ws"
+    client_config = job / "app" / "config" / "config_fed_client.json"
+    client = json.loads(client_config.read_text())
+    client["executors"][0]["executor"]["args"].update(client_args or {})
+    client_config.write_text(json.dumps(client, indent=1))
+    workspace = tmp_path / f"ws{run}"
     (workspace / "local").mkdir(parents=True)
     from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
 
@@ -80,3 +86,24 @@ def test_chunk_that_stays_corrupt_fails_the_push_naming_the_file(tmp_path):
     assert "model-00001-of-00003.safetensors: chunk 1 still refused after 3 attempts" in errors
     for site in SITES:
         assert not (ws / site / "models" / "base" / "model-00001-of-00003.safetensors").exists()
+
+
+@pytest.mark.integration
+def test_interrupted_push_resumes_with_only_the_missing_chunks(tmp_path):
+    sites_dir = tmp_path / "sites" / "{site_name}"  # outside the simulator workspace, which each run clears
+    bad = "model-00002-of-00003.safetensors"
+    first, model, _ = _run_simulator(tmp_path, run="1", client_args={"dest_dir": str(sites_dir)}, max_retries=0,
+                                     corrupt_chunks=[{"file": bad, "chunk": 5, "times": 9}])
+    assert first.returncode != 0  # the push broke off at chunk 5 of the second shard
+    report = tmp_path / "report.json"
+    second, _, _ = _run_simulator(tmp_path, run="2", client_args={"dest_dir": str(sites_dir)},
+                                  report_path=str(report))
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    summary = json.loads(report.read_text())
+    total_chunks = sum(-(-p.stat().st_size // (64 << 10)) for p in model.iterdir())
+    for site in SITES:
+        # the first shard arrived whole in the first run and the second in part: far from everything is resent
+        assert 0 < summary["need_chunks"][site] < total_chunks - 16, summary["need_chunks"]
+        dest = tmp_path / "sites" / site / "base"
+        for src in model.iterdir():
+            assert _sha(dest / src.name) == _sha(src), f"{site}: {src.name}"

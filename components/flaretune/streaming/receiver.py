@@ -32,7 +32,9 @@ def resolve_under(base, path: str) -> Path:
 
 
 def resolve_site_dir(path: str, fl_ctx: FLContext) -> Path:
-    """Absolute paths as given; relative ones under this site's workspace root (not the job's run folder)."""
+    """``{site_name}`` replaced by this site's name; absolute paths as given; relative ones under this site's
+    workspace root (not the job's run folder)."""
+    path = path.replace("{site_name}", fl_ctx.get_identity_name() or "")
     return resolve_under(fl_ctx.get_engine().get_workspace().get_root_dir(), path)
 
 
