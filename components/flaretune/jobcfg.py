@@ -16,6 +16,8 @@ CLIENT_CONFIG = "app/config/config_fed_client.json"
 
 QUANTIZE_FILTER = "flaretune.filters.quantize.QuantizeFilter"
 DEQUANTIZE_FILTER = "flaretune.filters.quantize.DequantizeFilter"
+MODEL_PUSH_WORKFLOW = "flaretune.streaming.controller.ModelPushController"
+MODEL_PUSH_EXECUTOR = "flaretune.streaming.receiver.ModelPushReceiver"
 
 
 class JobFolder:
@@ -45,16 +47,30 @@ class JobFolder:
         raise ConfigError(f"{self.path}: no component with id {component_id!r}")
 
     def workflow(self) -> dict:
-        workflows = self.server.get("workflows", [])
+        """The training workflow: the first one that is not a ``model_push`` that runs before it."""
+        workflows = [w for w in self.server.get("workflows", []) if w.get("path") != MODEL_PUSH_WORKFLOW]
         if not workflows:
             raise ConfigError(f"{self.path}/{SERVER_CONFIG}: no workflow")
         return workflows[0]
 
     def executor(self) -> dict:
-        executors = self.client.get("executors", [])
+        """The training executor: the first one that is not a ``model_push`` receiver."""
+        executors = [e for e in self.client.get("executors", []) if e["executor"].get("path") != MODEL_PUSH_EXECUTOR]
         if not executors:
             raise ConfigError(f"{self.path}/{CLIENT_CONFIG}: no executor")
         return executors[0]["executor"]
+
+    def add_model_push(self, model_dir: str, model_name: str = "base", **push_args) -> None:
+        """Push ``model_dir`` to every site before training (``<site workspace>/models/<model_name>``) and
+        let the training executor start from it."""
+        self.server["workflows"] = [w for w in self.server.get("workflows", []) if w.get("path") != MODEL_PUSH_WORKFLOW]
+        self.server["workflows"].insert(0, {"id": "model_push", "path": MODEL_PUSH_WORKFLOW,
+                                            "args": {"model_dir": model_dir, "model_name": model_name, **push_args}})
+        executors = [e for e in self.client.get("executors", []) if e["executor"].get("path") != MODEL_PUSH_EXECUTOR]
+        executors.append({"tasks": ["model_push"], "executor": {"path": MODEL_PUSH_EXECUTOR,
+                                                                 "args": {"dest_dir": "models"}}})
+        self.client["executors"] = executors
+        self.executor_args["base_model_dir"] = f"models/{model_name}"
 
     @property
     def executor_args(self) -> dict:

@@ -64,3 +64,20 @@ def test_concurrent_first_builds_publish_one_complete_folder(tmp_path, monkeypat
     assert (final / "part1").exists() and (final / "part2").exists() and (final / smollm2._DONE).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary folders left behind
     assert smollm2._publish(build, "m") == final and len(calls) == 4  # a complete folder is not rebuilt
+
+
+def test_a_model_folder_replaces_the_package_weights(tmp_path):
+    import torch
+
+    from flaretune.data.types import CLINICAL_LABELS
+
+    saved = load_base_model("tiny-minilm-ner", labels=CLINICAL_LABELS, seed=7)
+    saved.save_pretrained(str(tmp_path / "pushed"))
+    loaded = load_base_model("tiny-minilm-ner", labels=CLINICAL_LABELS, seed=0, model_dir=tmp_path / "pushed")
+    fresh = load_base_model("tiny-minilm-ner", labels=CLINICAL_LABELS, seed=0)
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(loaded.state_dict()[name], saved.state_dict()[name])
+    assert not torch.equal(fresh.state_dict()[name], saved.state_dict()[name])
+    assert load_tokenizer("tiny-minilm-ner", tmp_path / "pushed").pad_token_id == 0  # no tokenizer there: the package's
+    with pytest.raises(ConfigError, match="not a model folder .*was the model pushed"):
+        load_base_model("tiny-minilm-ner", labels=CLINICAL_LABELS, model_dir=tmp_path / "missing")

@@ -26,12 +26,18 @@ from flaretune.aggregation.controller import FEDPROX_MU_KEY, NUM_EXAMPLES_KEY
 from flaretune.aggregation.persistor import SPEC_META_KEY
 from flaretune.errors import ConfigError, FlaretuneError
 from flaretune.models.lora import PeftSpec
+from flaretune.streaming.receiver import resolve_site_dir
 
 UPLOAD_BYTES_KEY = "upload_param_bytes"
 
 
 class PeftExecutor(Executor):
-    """Base class: task dispatch, spec handling, global/local evaluation, full or diff results, abort, tracking."""
+    """Base class: task dispatch, spec handling, global/local evaluation, full or diff results, abort, tracking.
+
+    ``base_model_dir`` (optional): start from a model folder at the site instead of the named package
+    model — relative to the site's workspace root, ``{site_name}`` replaced — e.g. ``models/base``, where a
+    ``model_push`` workflow that runs before training delivers it.
+    """
 
     headlines = ("f1",)
 
@@ -50,9 +56,11 @@ class PeftExecutor(Executor):
         validate_task_name: str = "validate",
         submit_model_task_name: str = "submit_model",
         tracking_writer_id: str = "tb_writer",
+        base_model_dir: str = "",
     ):
         super().__init__()
         # FLARE's job exporter reads each constructor argument back from self.<name>
+        self.base_model_dir = base_model_dir
         self.data_path = data_path
         self.local_epochs = local_epochs
         self.max_steps = max_steps
@@ -78,8 +86,9 @@ class PeftExecutor(Executor):
         """The site's ``SiteData`` (train, test, source)."""
         raise NotImplementedError
 
-    def make_trainer(self, spec: PeftSpec):
-        """A trainer with ``encode``/``fit``/``evaluate``/``get_params``/``set_params``/``trainable_count``."""
+    def make_trainer(self, spec: PeftSpec, base_dir=None):
+        """A trainer with ``encode``/``fit``/``evaluate``/``get_params``/``set_params``/``trainable_count``;
+        its base model comes from the folder ``base_dir`` when given."""
         raise NotImplementedError
 
     def flat_metrics(self, scores: dict, prefix: str = "") -> dict:
@@ -95,7 +104,8 @@ class PeftExecutor(Executor):
         data = self.load_data(site)
         if not data.train:
             raise ConfigError(f"{site}: no training records in {data.source}")
-        self._trainer = self.make_trainer(spec)
+        base_dir = resolve_site_dir(self.base_model_dir, fl_ctx) if self.base_model_dir else None
+        self._trainer = self.make_trainer(spec, base_dir)
         self._train = self._trainer.encode(data.train)
         self._test = self._trainer.encode(data.test)
         engine = fl_ctx.get_engine()
@@ -103,6 +113,7 @@ class PeftExecutor(Executor):
         self.log_info(
             fl_ctx,
             f"{site}: {len(data.train)} train / {len(data.test)} test records from {data.source}; "
+            f"base model {spec.model_name} from {base_dir or 'its package'}; "
             f"{self._trainer.trainable_count():,} trainable parameters",
         )
 

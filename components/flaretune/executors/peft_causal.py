@@ -49,12 +49,14 @@ class PeftCausalLMExecutor(PeftExecutor):
         validate_task_name: str = "validate",
         submit_model_task_name: str = "submit_model",
         tracking_writer_id: str = "tb_writer",
+        base_model_dir: str = "",
     ):
         super().__init__(
             data_path=data_path, local_epochs=local_epochs, max_steps=max_steps, learning_rate=learning_rate,
             batch_size=batch_size, max_length=max_length, seed=seed, send_diff=send_diff, num_threads=num_threads,
             train_task_name=train_task_name, validate_task_name=validate_task_name,
             submit_model_task_name=submit_model_task_name, tracking_writer_id=tracking_writer_id,
+            base_model_dir=base_model_dir,
         )
         self.system_prompt = system_prompt
         self.label_words = label_words
@@ -77,12 +79,13 @@ class PeftCausalLMExecutor(PeftExecutor):
             synthetic_test_size=self.synthetic_test_size,
         )
 
-    def make_trainer(self, spec):
+    def make_trainer(self, spec, base_dir=None):
         from flaretune.train.causal import InstructTrainer
 
         return InstructTrainer(
             spec, max_length=self.max_length, num_threads=self.num_threads, system_prompt=self.system_prompt,
             label_words=self.label_words or SENTIMENT_LABELS, eval_batch_size=self.eval_batch_size,
+            base_dir=base_dir,
         )
 
     def flat_metrics(self, scores: dict, prefix: str = "") -> dict:

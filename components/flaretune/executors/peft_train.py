@@ -38,12 +38,14 @@ class PeftTrainExecutor(PeftExecutor):
         validate_task_name: str = "validate",
         submit_model_task_name: str = "submit_model",
         tracking_writer_id: str = "tb_writer",
+        base_model_dir: str = "",
     ):
         super().__init__(
             data_path=data_path, local_epochs=local_epochs, max_steps=max_steps, learning_rate=learning_rate,
             batch_size=batch_size, max_length=max_length, seed=seed, send_diff=send_diff, num_threads=num_threads,
             train_task_name=train_task_name, validate_task_name=validate_task_name,
             submit_model_task_name=submit_model_task_name, tracking_writer_id=tracking_writer_id,
+            base_model_dir=base_model_dir,
         )
         self.synthetic_sites = synthetic_sites
         self.synthetic_skew = synthetic_skew
@@ -57,10 +59,10 @@ class PeftTrainExecutor(PeftExecutor):
             synthetic_skew=self.synthetic_skew, synthetic_train_size=self.synthetic_train_size,
         )
 
-    def make_trainer(self, spec):
+    def make_trainer(self, spec, base_dir=None):
         from flaretune.train.ner_trainer import NerTrainer
 
-        return NerTrainer(spec, max_length=self.max_length, num_threads=self.num_threads)
+        return NerTrainer(spec, max_length=self.max_length, num_threads=self.num_threads, base_dir=base_dir)
 
     def flat_metrics(self, scores: dict, prefix: str = "") -> dict:
         return _flat_metrics(scores, prefix)

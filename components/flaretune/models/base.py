@@ -8,6 +8,7 @@ Names (job configs carry these strings):
 """
 
 import logging
+from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from flaretune.errors import ConfigError
@@ -31,14 +32,28 @@ def _minilm_dir():
     return package_dir(MINILM) / "model"
 
 
-def load_tokenizer(name: str):
-    """The fast tokenizer of a base model (tiny twins share the real one)."""
+def _model_folder(model_dir) -> Path:
+    folder = Path(model_dir)
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"{folder}: not a model folder (no config.json); was the model pushed to this site?")
+    return folder
+
+
+def load_tokenizer(name: str, model_dir=None):
+    """The fast tokenizer of a base model (tiny twins share the real one); from ``model_dir`` when that
+    folder carries one."""
     from transformers import AutoTokenizer
 
     validate_model_name(name)
-    if name in TOKEN_CLASSIFICATION_MODELS:
+    has_own = model_dir is not None and any(
+        (Path(model_dir) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
+    )
+    if has_own:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    elif name in TOKEN_CLASSIFICATION_MODELS:
         return AutoTokenizer.from_pretrained(str(_minilm_dir()))
-    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir()))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir()))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -56,8 +71,10 @@ def _label_maps(num_labels: Optional[int], labels: Optional[Sequence[str]]):
     return num_labels, id2label, {v: k for k, v in id2label.items()}
 
 
-def load_base_model(name: str, num_labels: Optional[int] = None, labels: Optional[Sequence[str]] = None, seed: int = 0):
-    """Load a base model by name, fully offline.
+def load_base_model(name: str, num_labels: Optional[int] = None, labels: Optional[Sequence[str]] = None, seed: int = 0,
+                    model_dir=None):
+    """Load a base model by name, fully offline; from ``model_dir`` (a Hugging Face folder of the same
+    family, e.g. one that ``model_push`` delivered) instead of the package when given.
 
     The token classifier's head is new (randomly initialised from ``seed``); transformers' report of
     unused pooler weights and a new classifier is expected and silenced.
@@ -67,6 +84,15 @@ def load_base_model(name: str, num_labels: Optional[int] = None, labels: Optiona
 
     validate_model_name(name)
     torch.manual_seed(seed)
+    if model_dir is not None:
+        folder = str(_model_folder(model_dir))
+        with _quiet_transformers():
+            if name in TOKEN_CLASSIFICATION_MODELS:
+                n, id2label, label2id = _label_maps(num_labels, labels)
+                return transformers.AutoModelForTokenClassification.from_pretrained(
+                    folder, num_labels=n, id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
+                )
+            return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     if name in TOKEN_CLASSIFICATION_MODELS:
         n, id2label, label2id = _label_maps(num_labels, labels)
         if name == "minilm-ner":

@@ -63,11 +63,14 @@ class PeftSpec:
             target_modules=list(self.target_modules),
         )
 
-    def build(self):
-        """A fresh PEFT model: frozen base, LoRA adapters and (token classification) a trainable head."""
+    def build(self, model_dir=None):
+        """A fresh PEFT model: frozen base, LoRA adapters and (token classification) a trainable head.
+
+        ``model_dir``: load the base from this Hugging Face folder (same family as ``model_name``).
+        """
         from peft import get_peft_model
 
-        base = load_base_model(self.model_name, labels=self.labels, seed=self.seed)
+        base = load_base_model(self.model_name, labels=self.labels, seed=self.seed, model_dir=model_dir)
         return get_peft_model(base, self.lora_config())
 
 

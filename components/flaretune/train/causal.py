@@ -197,6 +197,7 @@ class InstructTrainer(LoraTrainer):
         system_prompt: Optional[str] = None,
         label_words: Sequence[str] = SENTIMENT_LABELS,
         eval_batch_size: int = 16,
+        base_dir=None,
     ):
         if spec.is_token_classification:
             raise ConfigError(
@@ -207,7 +208,7 @@ class InstructTrainer(LoraTrainer):
             raise ConfigError(f"max_length must be >= {MIN_MAX_LENGTH} tokens (ChatML framing alone takes ~10), got {max_length}")
         if not label_words or len({w.lower() for w in label_words}) != len(label_words):
             raise ConfigError(f"label_words must be distinct, non-empty words, got {list(label_words)}")
-        super().__init__(spec, num_threads=num_threads)
+        super().__init__(spec, num_threads=num_threads, base_dir=base_dir)
         self.max_length = max_length
         self.system_prompt = system_prompt
         self.label_words = list(label_words)

@@ -10,7 +10,7 @@ from flaretune.train import ner
 
 
 class LoraTrainer:
-    def __init__(self, spec: PeftSpec, num_threads: int = 0):
+    def __init__(self, spec: PeftSpec, num_threads: int = 0, base_dir=None):
         import torch
 
         from flaretune.models.base import load_tokenizer
@@ -18,8 +18,9 @@ class LoraTrainer:
         if num_threads > 0:
             torch.set_num_threads(num_threads)
         self.spec = spec
-        self.model = spec.build()
-        self.tokenizer = load_tokenizer(spec.model_name)
+        self.base_dir = base_dir  # a pushed model folder to start from, else the named package model
+        self.model = spec.build(base_dir)
+        self.tokenizer = load_tokenizer(spec.model_name, base_dir)
         self.pad_id = self.tokenizer.pad_token_id or 0
 
     def training_module(self):

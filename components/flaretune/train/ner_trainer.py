@@ -13,8 +13,8 @@ from flaretune.train.lora_trainer import LoraTrainer
 
 
 class NerTrainer(LoraTrainer):
-    def __init__(self, spec: PeftSpec, max_length: int = 64, num_threads: int = 0):
-        super().__init__(spec, num_threads=num_threads)
+    def __init__(self, spec: PeftSpec, max_length: int = 64, num_threads: int = 0, base_dir=None):
+        super().__init__(spec, num_threads=num_threads, base_dir=base_dir)
         self.max_length = max_length
         self.label2id = {label: i for i, label in enumerate(spec.labels)}
         self.id2label = {i: label for i, label in enumerate(spec.labels)}
