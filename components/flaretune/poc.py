@@ -47,6 +47,7 @@ class KitNetwork:
         self.workspace = self._prod_dir or self.root
         self._group: Optional[int] = None
         self.procs: Dict[str, subprocess.Popen] = {}  # start_each(): one process tree per site
+        self._logs = []
 
     @property
     def env(self) -> dict:
@@ -71,6 +72,7 @@ class KitNetwork:
         for site in [self.server] + self.sites():
             kit = self.prod_dir / site
             log = open(self.root / f"{site}.out", "ab")
+            self._logs.append(log)
             self.procs[site] = subprocess.Popen(["bash", str(kit / "startup" / "sub_start.sh"), "--once"], cwd=kit,
                                                 env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -103,6 +105,9 @@ class KitNetwork:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
         # sub_start.sh restarts a process that dies without its shutdown file: freeze them all before killing,
         # and look again until nothing is left, so no restart can slip in between
         deadline = time.monotonic() + 30
@@ -119,7 +124,7 @@ class KitNetwork:
             time.sleep(0.5)
 
     def _workspace_pids(self):
-        """Processes whose command line names our POC workspace (they may have left the group)."""
+        """Processes whose command line names the workspace (they may have left the process group)."""
         marker = str(self.workspace)
         pids = []
         for entry in Path("/proc").iterdir():
@@ -139,7 +144,6 @@ class KitNetwork:
     def __exit__(self, *exc):
         self.stop()
         return False
-
 
 
 class PocNetwork(KitNetwork):
@@ -220,6 +224,7 @@ class PocNetwork(KitNetwork):
     def start(self, timeout: float = 300) -> None:
         """Start the network; wait (up to ``timeout``: a loaded 2-core machine can take minutes) for every client."""
         log = open(self.root / "poc.log", "a")
+        self._logs.append(log)
         proc = subprocess.Popen(nvflare_command() + ["poc", "start"], env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root,
                                 start_new_session=True)
