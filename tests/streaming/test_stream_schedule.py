@@ -1,9 +1,10 @@
+import threading
+import time
+
 import pytest
 
 from flaretune.errors import ConfigError
 from flaretune.streaming.chunks import build_manifest, need_all
-import threading
-
 from flaretune.streaming.schedule import ChunkScheduler, Reply, TransferError, corrupt_manifest, corrupter
 
 OK = Reply("ok")
@@ -105,3 +106,22 @@ def test_corrupt_manifest_announces_a_wrong_file_sha(manifest):
     corrupt_manifest(manifest, [{"file": "b.bin", "file_sha256": True}])
     assert manifest.file("b.bin").sha256 != true_sha
     assert manifest.file("a.bin").sha256 != "0" * 64
+
+
+def test_a_lost_chunk_waits_longer_before_each_resend_while_a_refused_one_goes_at_once(manifest):
+    scheduler = ChunkScheduler(manifest, {"site-1": {"a.bin": [0]}}, max_retries=3, retry_delay=0.2)
+    replies = [Reply("lost", "no reply (COMMUNICATION_ERROR)"), Reply("lost", "no reply"), Reply("nack", "sha"), OK]
+    waits = []
+    for reply in replies:
+        started = time.monotonic()
+        entry, chunk = scheduler.next()
+        waits.append(time.monotonic() - started)
+        scheduler.record(entry.name, chunk.index, {"site-1": reply})
+    assert scheduler.next() is None and scheduler.error is None
+    assert waits[1] >= 0.2 and waits[2] >= 0.4  # after each lost reply: 0.2 s, then twice that
+    assert waits[3] < 0.1  # a refused chunk (bad sha256) is resent at once
+
+
+def test_retry_delay_is_validated(manifest):
+    with pytest.raises(ConfigError, match="retry_delay"):
+        ChunkScheduler(manifest, {}, retry_delay=-1)

@@ -43,7 +43,7 @@ def parse_replies(targets: List[str], replies: Dict[str, Shareable]) -> Dict[str
         reply = replies.get(site)
         rc = reply.get_return_code(ReturnCode.OK) if isinstance(reply, Shareable) else "NO_REPLY"
         if rc != ReturnCode.OK:
-            result[site] = Reply(P.STATUS_NACK, f"no reply ({rc})")
+            result[site] = Reply(P.STATUS_LOST, f"no reply ({rc})")
         else:
             result[site] = Reply(reply.get(P.KEY_STATUS, P.STATUS_NACK), reply.get(P.KEY_REASON, ""))
     return result

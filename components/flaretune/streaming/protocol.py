@@ -2,7 +2,8 @@
 
 A chunk message carries: file name, chunk index, offset, length, chunk sha256, file size, file sha256, and
 one slice of the chunk's data (its file offset, and whether it is the chunk's last slice).
-A reply carries a status: ``ok``, ``nack`` (the chunk was refused: send it again) or ``fail`` (give up).
+A reply carries a status: ``ok``, ``nack`` (the chunk was refused: send it again) or ``fail`` (give up);
+the sender records a missing reply as ``lost`` (send it again after a pause).
 """
 
 CHANNEL = "flaretune.streaming"
@@ -38,6 +39,7 @@ KIND_DONE = "done"
 STATUS_OK = "ok"
 STATUS_NACK = "nack"
 STATUS_FAIL = "fail"
+STATUS_LOST = "lost"  # no reply came (connection dropped, receiver busy): resent after a growing pause
 
 # sticky FLContext property set on a site once a push was received: the folder the model now lives in
 PUSHED_MODEL_DIR = "flaretune_pushed_model_dir"

@@ -3,10 +3,13 @@
 Each stream goes to all receivers at once (each chunk is read from disk once and broadcast); several streams
 may pull chunks from one scheduler so that reading, sending and writing overlap. A chunk is sent if any
 receiver still needs it; receivers that already have it simply acknowledge. A chunk refused by any receiver
-(sha256 mismatch) or lost (no reply) goes back to the front of the queue, up to ``max_retries`` times.
+(sha256 mismatch) or lost (no reply) goes back to the front of the queue, up to ``max_retries`` times. A
+lost chunk waits ``retry_delay`` seconds before its first resend, twice that before the next, and so on: a
+connection that drops for a few seconds must not use up every retry at once.
 """
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -28,11 +31,16 @@ class Reply:
 
 
 class ChunkScheduler:
-    def __init__(self, manifest: Manifest, need_by_site: Dict[str, Dict[str, List[int]]], max_retries: int = 3):
+    def __init__(self, manifest: Manifest, need_by_site: Dict[str, Dict[str, List[int]]], max_retries: int = 3,
+                 retry_delay: float = 1.0):
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        if isinstance(retry_delay, bool) or not isinstance(retry_delay, (int, float)) or retry_delay < 0:
+            raise ConfigError(f"retry_delay must be a number of seconds >= 0, got {retry_delay!r}")
         self.manifest = manifest
         self.max_retries = max_retries
+        self.retry_delay = float(retry_delay)
+        self._not_before: Dict[Tuple[str, int], float] = {}  # lost chunks: no resend before this time
         wanted = set()
         for need in need_by_site.values():
             for name, indices in need.items():
@@ -62,6 +70,11 @@ class ChunkScheduler:
                 return None
             key = self._queue.popleft()
             self._in_flight += 1
+            while not self.error and time.monotonic() < self._not_before.get(key, 0.0):
+                self._cond.wait(self._not_before[key] - time.monotonic())
+            if self.error:
+                self._in_flight -= 1
+                return None
             self.attempts[key] = self.attempts.get(key, 0) + 1
             chunk = self._chunks[key[0]][key[1]]
             if self.attempts[key] == 1:
@@ -97,6 +110,8 @@ class ChunkScheduler:
                 f"({_strip(r.reason, name) or r.status}); the file was not published"
             )
         self.retries += 1
+        if any(r.status == "lost" for r in refused.values()):
+            self._not_before[key] = time.monotonic() + self.retry_delay * 2 ** (tries - 1)
         self._queue.appendleft(key)
 
     def abort(self, reason: str):
