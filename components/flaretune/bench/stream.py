@@ -7,7 +7,6 @@ processes) is sampled from /proc at 5 Hz. Rows: impl, size_bytes, chunk_mb, peak
 sha256_ok. Target: every process <= 2 x chunk + 600 MB, flat in model size; throughput >= 50% of baseline.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -146,14 +145,6 @@ def _write_job(folder: Path, name: str, server_wf: dict, client_exec: dict, task
     return folder
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(16 * MiB), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _measure(network: PocNetwork, job: Path, timeout: float, label: str) -> tuple:
     sampler = RssSampler(network.roots())
     sampler.start()
@@ -187,6 +178,7 @@ def _row(impl: str, size: int, chunk_mb: float, sampler: RssSampler, seconds: fl
 
 
 def _run_stream(network: PocNetwork, work: Path, size: int, chunk_mb: float, timeout: float, tuning: dict) -> tuple:
+    from flaretune.streaming.chunks import file_sha256
     from flaretune.streaming.state_dict import write_synthetic_model
 
     model = work / "model"
@@ -206,7 +198,7 @@ def _run_stream(network: PocNetwork, work: Path, size: int, chunk_mb: float, tim
         _say("verifying the received copies (sha256 at each site)")
         for site in SITES:
             for name, digest in report["file_sha256"].items():
-                ok = ok and _sha256(network.prod_dir / site / "models" / "bench_model" / name) == digest
+                ok = ok and file_sha256(network.prod_dir / site / "models" / "bench_model" / name) == digest
     else:
         _say(f"model_push failed ({status}): {report.get('error')}")
     for site in SITES:

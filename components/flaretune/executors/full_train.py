@@ -131,7 +131,7 @@ class FullModelTrainExecutor(ModelPushReceiver):
         shutil.rmtree(folder, ignore_errors=True)  # the next round pushes a new global model
         reply = make_reply(ReturnCode.OK)
         reply[P.KEY_UPDATE] = {"model_name": update_name, "total_bytes": manifest.total_bytes,
-                               "file_sha256": {f.name: f.sha256 for f in manifest.files}}
+                               "file_sha256": manifest.sha256_by_file}
         reply[P.KEY_NUM_EXAMPLES] = len(train)
         reply[P.KEY_METRICS] = metrics
         return reply

@@ -106,6 +106,10 @@ class Manifest:
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
+    @property
+    def sha256_by_file(self) -> Dict[str, str]:
+        return {f.name: f.sha256 for f in self.files}
+
     def file(self, name: str) -> FileEntry:
         for entry in self.files:
             if entry.name == name:
@@ -127,6 +131,15 @@ class Manifest:
 
 def sha256_bytes(data) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """Whole-file sha256, read ``HASH_BLOCK`` at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(HASH_BLOCK), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def hash_file(path: Union[str, Path], chunk_size: int) -> FileEntry:

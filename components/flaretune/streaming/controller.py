@@ -222,7 +222,7 @@ def push_folder(
     return {
         "model_name": manifest.model_name,
         "total_bytes": manifest.total_bytes,
-        "file_sha256": {f.name: f.sha256 for f in manifest.files},
+        "file_sha256": manifest.sha256_by_file,
         "hash_seconds": hashed - started,
         "prepare_seconds": prepared - hashed,
         "stream_seconds": stream_seconds,

@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from flaretune.errors import FlaretuneError
-from flaretune.streaming.chunks import HASH_BLOCK, PARTIAL_SUFFIX, Chunk, FileEntry, Manifest, plan_chunks, read_chunk
+from flaretune.streaming.chunks import (
+    HASH_BLOCK,
+    PARTIAL_SUFFIX,
+    Chunk,
+    FileEntry,
+    Manifest,
+    file_sha256,
+    plan_chunks,
+    read_chunk,
+    sha256_bytes,
+)
 
 
 class ChecksumError(FlaretuneError):
@@ -31,14 +41,6 @@ class ChunkOutcome:
     ok: bool
     reason: str = ""
     published: Optional[str] = None  # path of the file, when this chunk completed and published it
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(HASH_BLOCK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class FileWriter:
@@ -67,7 +69,7 @@ class FileWriter:
     # ---- resume -------------------------------------------------------------------------------
     def _resume(self):
         if self.path.is_file() and self.path.stat().st_size == self.entry.size:
-            if _file_sha256(self.path) == self.entry.sha256:  # already here from an earlier push
+            if file_sha256(self.path) == self.entry.sha256:  # already here from an earlier push
                 self.published = True
                 self.received = set(range(len(self.chunks)))
                 return
@@ -78,7 +80,7 @@ class FileWriter:
                 for index in state.get("received", []):
                     if 0 <= index < len(self.chunks):
                         data = read_chunk(fd, self.chunks[index])
-                        if hashlib.sha256(data).hexdigest() == self.entry.chunk_sha256[index]:
+                        if sha256_bytes(data) == self.entry.chunk_sha256[index]:
                             self.received.add(index)
             finally:
                 os.close(fd)
