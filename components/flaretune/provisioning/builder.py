@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 from nvflare.lighter.spec import Builder
 
 from flaretune.errors import ConfigError
-from flaretune.provisioning.policy import ALLOW_PREFIX, CLASS_ALLOW_LIST, DEFAULT_RESOURCES
+from flaretune.provisioning.policy import ALLOW_PREFIX, DEFAULT_RESOURCES, allow_in_file
 
 AUTHZ_DEFAULT = "authorization.json.default"
 PRIVACY = "privacy.json"
@@ -75,10 +75,7 @@ class FlaretuneSiteBuilder(Builder):
     def _allow(self, path: Path) -> None:
         if not path.is_file():
             raise ConfigError(f"{path} is missing: put FlaretuneSiteBuilder after StaticFileBuilder in builders")
-        resources = json.loads(path.read_text())
-        allow = resources.setdefault(CLASS_ALLOW_LIST, [])
-        allow.extend(p for p in self._prefixes if p not in allow and "*" not in allow)
-        path.write_text(json.dumps(resources, indent=2) + "\n")
+        allow_in_file(path, path, self._prefixes)
 
     def _authorize(self, path: Path) -> None:
         if not path.is_file():

@@ -23,12 +23,9 @@ def _default_allow_list() -> List[str]:
     return list(DEFAULT_CLASS_ALLOW_LIST)
 
 
-def allow_in_local_dir(local_dir, prefixes: Iterable[str] = (ALLOW_PREFIX,)) -> Path:
-    """Add ``prefixes`` to the allow list of one site's ``local/`` folder; return the file written."""
-    local = Path(local_dir)
-    local.mkdir(parents=True, exist_ok=True)
-    target = local / RESOURCES
-    source = target if target.exists() else local / DEFAULT_RESOURCES
+def allow_in_file(source: Path, target: Path, prefixes: Iterable[str] = (ALLOW_PREFIX,)) -> Path:
+    """Write ``source`` (a site resources file; FLARE's defaults when it is missing) to ``target`` with
+    ``prefixes`` added to its allow list; a missing list means FLARE's default list, which is kept."""
     resources = json.loads(source.read_text()) if source.exists() else {"format_version": 2}
     if not isinstance(resources, dict):
         raise ValueError(f"{source}: a site resources file must hold a JSON object")
@@ -41,6 +38,14 @@ def allow_in_local_dir(local_dir, prefixes: Iterable[str] = (ALLOW_PREFIX,)) -> 
     resources[CLASS_ALLOW_LIST] = allow
     target.write_text(json.dumps(resources, indent=2) + "\n")
     return target
+
+
+def allow_in_local_dir(local_dir, prefixes: Iterable[str] = (ALLOW_PREFIX,)) -> Path:
+    """Add ``prefixes`` to the allow list of one site's ``local/`` folder; return the file written."""
+    local = Path(local_dir)
+    local.mkdir(parents=True, exist_ok=True)
+    target = local / RESOURCES
+    return allow_in_file(target if target.exists() else local / DEFAULT_RESOURCES, target, prefixes)
 
 
 def allow_in_workspace(workspace, prefixes: Iterable[str] = (ALLOW_PREFIX,)) -> List[Path]:
