@@ -19,17 +19,10 @@ from nvflare.apis.fl_exception import UnsafeJobError
 from nvflare.apis.shareable import Shareable
 
 from flaretune.errors import ConfigError
+from flaretune.ops.quant import payload_nbytes
 
 DEFAULT_ALLOWED = ("*lora_*", "*.classifier.*", "*.score.*", "*modules_to_save*")
 _KINDS = [DataKind.WEIGHTS, DataKind.WEIGHT_DIFF]
-
-
-def _nbytes(value) -> int:
-    if hasattr(value, "nbytes"):
-        return int(value.nbytes)
-    if hasattr(value, "element_size") and hasattr(value, "numel"):
-        return int(value.element_size() * value.numel())
-    return 0
 
 
 def check_tensor_names(names: Sequence[str], allowed: Sequence[str]) -> List[str]:
@@ -65,7 +58,7 @@ class AdapterOnlyGuard(DXOFilter):
                        f"{len(refused)} of {len(names)} tensors ({shown}); allowed patterns {self._allowed}")
             self.log_error(fl_ctx, message)
             raise UnsafeJobError(message)
-        total = sum(_nbytes(v) for v in dxo.data.values())
+        total = payload_nbytes(dxo.data)
         if total > self.max_mb * (1 << 20):
             message = (f"{type(self).__name__}: result carries {total / (1 << 20):.1f} MiB of tensors, "
                        f"above this site's limit of {self.max_mb:g} MiB")

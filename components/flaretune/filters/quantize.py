@@ -78,19 +78,12 @@ class QuantizeFilter(DXOFilter):
                     raise ValueError(f"{type(self).__name__}: cannot quantize {name!r}: {err}") from err
             else:
                 data[name] = value
-        before, after = payload_nbytes(dxo.data), payload_nbytes(data)
-        meta = copy_meta(dxo)
-        meta[QUANT_META_KEY] = {
-            "version": _FORMAT_VERSION,
-            "qtype": self._qtype,
-            "bytes_before": before,
-            "bytes_after": after,
-            "tensors": tensors,
-        }
+        out, before, after = encoded_dxo(dxo, data, QUANT_META_KEY,
+                                         {"version": _FORMAT_VERSION, "qtype": self._qtype}, tensors)
         if self.log_bytes:
             self.log_info(fl_ctx, f"{round_label(shareable, fl_ctx)}: {self._qtype} quantized "
                                   f"{len(tensors)}/{len(data)} tensors, {format_change(before, after)}")
-        return DXO(data_kind=dxo.data_kind, data=data, meta=meta)
+        return out
 
 
 class DequantizeFilter(DXOFilter):
@@ -111,6 +104,16 @@ class DequantizeFilter(DXOFilter):
             self.log_info(fl_ctx, f"{round_label(shareable, fl_ctx)}: {info['qtype']} dequantized "
                                   f"{len(info['tensors'])}/{len(data)} tensors, {change}")
         return DXO(data_kind=dxo.data_kind, data=data, meta=meta)
+
+
+def encoded_dxo(dxo: DXO, data: dict, meta_key: str, fields: dict, tensors: dict):
+    """``(new DXO, bytes before, bytes after)``: ``data`` with ``fields``, the tensor byte counts and the
+    per-tensor ``tensors`` meta under ``meta_key``. Shared by the filters that apply an encoding (quantize,
+    sparsify); :func:`restore_listed` undoes it."""
+    before, after = payload_nbytes(dxo.data), payload_nbytes(data)
+    meta = copy_meta(dxo)
+    meta[meta_key] = {**fields, "bytes_before": before, "bytes_after": after, "tensors": tensors}
+    return DXO(data_kind=dxo.data_kind, data=data, meta=meta), before, after
 
 
 def restore_listed(dxo: DXO, info: dict, meta_key: str, version: int, restore, owner: str, what: str) -> dict:

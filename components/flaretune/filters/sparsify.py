@@ -27,8 +27,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
 from flaretune.errors import ConfigError
-from flaretune.filters.quantize import copy_meta, format_change, restore_listed, round_label
-from flaretune.ops.quant import payload_nbytes
+from flaretune.filters.quantize import copy_meta, encoded_dxo, format_change, restore_listed, round_label
 from flaretune.ops.sparsify import densify, is_sparsifiable, topk_sparsify
 
 SPARSE_META_KEY = "flaretune_sparsify"
@@ -77,19 +76,13 @@ class TopKSparsifyFilter(DXOFilter):
                 data[name], tensors[name], new_residual = topk_sparsify(value, float(self.keep_fraction), residual)
                 if self.error_feedback:
                     self._residuals[name] = new_residual
-        before, after = payload_nbytes(dxo.data), payload_nbytes(data)
-        meta = copy_meta(dxo)
-        meta[SPARSE_META_KEY] = {
-            "version": _FORMAT_VERSION,
-            "keep_fraction": float(self.keep_fraction),
-            "bytes_before": before,
-            "bytes_after": after,
-            "tensors": tensors,
-        }
+        out, before, after = encoded_dxo(dxo, data, SPARSE_META_KEY,
+                                         {"version": _FORMAT_VERSION, "keep_fraction": float(self.keep_fraction)},
+                                         tensors)
         if self.log_bytes:
             self.log_info(fl_ctx, f"{round_label(shareable, fl_ctx)}: top-{self.keep_fraction:g} sparsified "
                                   f"{len(tensors)}/{len(data)} tensors, {format_change(before, after)}")
-        return DXO(data_kind=dxo.data_kind, data=data, meta=meta)
+        return out
 
     def residual_norm(self) -> float:
         """L2 norm of everything held back so far (for logging and tests)."""
