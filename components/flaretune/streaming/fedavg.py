@@ -29,7 +29,7 @@ from flaretune.streaming.chunks import DEFAULT_CHUNK_MB, chunk_size_from_mb
 from flaretune.streaming.consumer import register_model_receiver
 from flaretune.streaming.controller import push_folder
 from flaretune.streaming.memory import pin_mmap_threshold
-from flaretune.streaming.receiver import resolve_under
+from flaretune.streaming.receiver import resolve_site_dir, resolve_under
 from flaretune.streaming.schedule import TransferError
 
 HISTORY_FILE = "history.json"
@@ -90,12 +90,14 @@ class StreamedFedAvg(Controller):
         self._chunk_size = chunk_size_from_mb(chunk_mb)
         pin_mmap_threshold()
         self._run_dir: Optional[Path] = None
+        self._updates_root: Optional[Path] = None
 
     # -- paths ----------------------------------------------------------------------------------
     def start_controller(self, fl_ctx: FLContext):
         workspace = fl_ctx.get_engine().get_workspace()
         self._run_dir = Path(workspace.get_run_dir(fl_ctx.get_job_id()))
-        register_model_receiver(fl_ctx, resolve_under(self._run_dir, self.updates_dir), topic=P.UPDATE_TOPIC)
+        self._updates_root = resolve_under(self._run_dir, self.updates_dir)
+        register_model_receiver(fl_ctx, self._updates_root, topic=P.UPDATE_TOPIC)
 
     def stop_controller(self, fl_ctx: FLContext):
         pass
@@ -107,8 +109,7 @@ class StreamedFedAvg(Controller):
 
     # -- rounds ---------------------------------------------------------------------------------
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext):
-        root = Path(fl_ctx.get_engine().get_workspace().get_root_dir())
-        current = resolve_under(root, self.model_dir)
+        current = resolve_site_dir(self.model_dir, fl_ctx)
         global_root = resolve_under(self._run_dir, self.global_dir)
         history = {"model_dir": str(current), "rounds": []}
         try:
@@ -160,7 +161,6 @@ class StreamedFedAvg(Controller):
             timeout=int(self.train_timeout),
         )
         self.broadcast_and_wait(task, fl_ctx, targets=targets, min_responses=len(targets), abort_signal=abort_signal)
-        updates_root = resolve_under(self._run_dir, self.updates_dir)
         results = []
         for ct in task.client_tasks:
             site, result = ct.client.name, ct.result
@@ -168,7 +168,7 @@ class StreamedFedAvg(Controller):
             if rc != ReturnCode.OK:
                 raise TransferError(f"round {r + 1}: site {site} did not return a trained model ({rc})")
             update = result.get(P.KEY_UPDATE) or {}
-            folder = updates_root / str(update.get("model_name", ""))
+            folder = self._updates_root / str(update.get("model_name", ""))
             missing = [f for f in update.get("file_sha256", {}) if not (folder / f).is_file()]
             if not update.get("model_name") or missing or not update.get("file_sha256"):
                 raise TransferError(
