@@ -6,7 +6,6 @@ per site, whatever the model size. Files other than safetensors shards and their
 tokenizer files) are copied from the first folder, so the result loads like the inputs did.
 """
 
-import json
 import shutil
 from contextlib import ExitStack
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Dict, List, Sequence
 
 from flaretune.errors import ConfigError
 from flaretune.streaming.chunks import MiB
-from flaretune.streaming.state_dict import INDEX_NAME, _shard_name
+from flaretune.streaming.state_dict import INDEX_NAME, _shard_name, write_index
 
 
 def _open_folder(folder: Path, stack: ExitStack) -> Dict[str, object]:
@@ -117,8 +116,7 @@ def _finish(template: Path, out: Path, written: List[tuple]) -> None:
         weight_map.update({n: final for n in names})
         total += (out / final).stat().st_size
     if len(written) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (out / INDEX_NAME).write_text(json.dumps(index, indent=1))
+        write_index(out, weight_map, total)
     for item in template.iterdir():
         if item.is_file() and item.suffix != ".safetensors" and item.name != INDEX_NAME:
             shutil.copy2(item, out / item.name)

@@ -21,6 +21,12 @@ def _shard_name(k: int, n: int) -> str:
     return f"model-{k:05d}-of-{n:05d}.safetensors"
 
 
+def write_index(folder: Path, weight_map: Dict[str, str], total_size: int) -> None:
+    """The Hugging Face shard index: which shard holds each tensor, and the tensor bytes in all."""
+    index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=1))
+
+
 def _group(sizes: Dict[str, int], shard_bytes: int) -> List[List[str]]:
     groups, current, used = [], [], 0
     for name, size in sizes.items():
@@ -52,8 +58,7 @@ def spill_state_dict(state_dict, folder, shard_mb: int = 1024) -> Path:
         shard = _shard_name(k, len(groups))
         save_file({n: state_dict[n].detach().contiguous().cpu() for n in names}, str(folder / shard))
         weight_map.update({n: shard for n in names})
-    index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
-    (folder / INDEX_NAME).write_text(json.dumps(index, indent=1))
+    write_index(folder, weight_map, sum(sizes.values()))
     return folder
 
 
@@ -110,6 +115,5 @@ def write_synthetic_model(folder, size_bytes: int, shard_mb: int = 1024, tensor_
                 f.write(rng.bytes(n))
                 left -= n
         weight_map.update({n: shard for n in names})
-    index = {"metadata": {"total_size": size_bytes}, "weight_map": weight_map}
-    (folder / INDEX_NAME).write_text(json.dumps(index, indent=1))
+    write_index(folder, weight_map, size_bytes)
     return folder
