@@ -8,9 +8,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from flaretune.errors import FlaretuneError
 
@@ -31,7 +32,13 @@ def nvflare_command() -> List[str]:
     return [str(candidate)] if candidate.exists() else [sys.executable, "-m", "nvflare.cli"]
 
 
-def run_simulator(
+# FLARE 2.9's simulator hands each worker process its client name through one build context that its threads
+# share (simulator_runner.py: ``self.build_ctx["client_name"] = ...`` then ``conn.send``), so two workers can
+# start as the same client. The server then evicts one connection after the other and the run fails or hangs.
+DUPLICATE_CLIENT = "for exceeding limit 1"
+
+
+def simulate(
     job_dir,
     workspace,
     n_clients: int,
@@ -40,10 +47,12 @@ def run_simulator(
     env: Optional[dict] = None,
     echo: Callable[[str], None] = print,
     timeout: Optional[float] = None,
-) -> Path:
-    """Run ``nvflare simulator JOB -w WS -n N -t T``; return the server's run folder.
+    attempts: int = 2,
+) -> Tuple[int, Optional[Path], Path]:
+    """Run ``nvflare simulator JOB -w WS -n N -t T``; return ``(exit code, server run folder or None, log)``.
 
-    Raises FlaretuneError with the log's tail when the simulator fails.
+    A run that hit the simulator's duplicate-client race (see ``DUPLICATE_CLIENT``) is stopped and run
+    again, up to ``attempts`` runs in all; the log file keeps every attempt.
     """
     from flaretune.provisioning.policy import allow_in_workspace
 
@@ -55,9 +64,41 @@ def run_simulator(
     cmd = nvflare_command() + [
         "simulator", str(job_dir), "-w", str(workspace), "-n", str(n_clients), "-t", str(threads or n_clients),
     ]
-    started = time.time()
-    with open(log_path, "w") as log:
+    log_path.write_text("")
+    for attempt in range(1, attempts + 1):
+        server_log = workspace / "server" / "log.txt"
+        server_log.unlink(missing_ok=True)  # the simulator clears the workspace itself, but only once it starts
+        returncode, raced = _simulate_once(cmd, log_path, server_log, env, echo, timeout)
+        if not raced:
+            break
+        echo(f"  FLARE's simulator started two workers as the same client (nvflare 2.9 race); "
+             f"{'running again' if attempt < attempts else 'giving up'} ({attempt}/{attempts})")
+    return returncode, find_server_run_dir(workspace), log_path
+
+
+def _simulate_once(cmd: List[str], log_path: Path, server_log: Path, env, echo, timeout) -> Tuple[int, bool]:
+    """One simulator run; stops it as soon as the server log shows the duplicate-client race."""
+    started, raced = time.time(), threading.Event()
+    with open(log_path, "a") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=venv_env(env))
+
+        def watch():  # the eviction is logged by the server's connection layer, in its log file only
+            seen, tail = 0, ""
+            while proc.poll() is None:
+                if server_log.is_file():
+                    with open(server_log, errors="replace") as f:
+                        f.seek(seen)
+                        new = f.read()
+                        seen = f.tell()
+                    if DUPLICATE_CLIENT in tail + new:
+                        raced.set()
+                        proc.kill()
+                        return
+                    tail = new[-len(DUPLICATE_CLIENT):]
+                time.sleep(1.0)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -69,11 +110,28 @@ def run_simulator(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    run_dir = find_server_run_dir(workspace)
-    failed = proc.returncode != 0 or run_dir is None or _log_has_failure(log_path)
-    if failed:
+            watcher.join()
+    return proc.returncode, raced.is_set()
+
+
+def run_simulator(
+    job_dir,
+    workspace,
+    n_clients: int,
+    threads: Optional[int] = None,
+    log_file=None,
+    env: Optional[dict] = None,
+    echo: Callable[[str], None] = print,
+    timeout: Optional[float] = None,
+) -> Path:
+    """Run ``nvflare simulator JOB -w WS -n N -t T`` (see :func:`simulate`); return the server's run folder.
+
+    Raises FlaretuneError with the log's tail when the simulator fails.
+    """
+    returncode, run_dir, log_path = simulate(job_dir, workspace, n_clients, threads, log_file, env, echo, timeout)
+    if returncode != 0 or run_dir is None or _log_has_failure(log_path):
         tail = "".join(Path(log_path).read_text(errors="replace").splitlines(True)[-25:])
-        raise FlaretuneError(f"simulator run of {job_dir} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+        raise FlaretuneError(f"simulator run of {job_dir} failed (exit {returncode}); log {log_path}:\n{tail}")
     return run_dir
 
 

@@ -1,17 +1,11 @@
 """model_push before training: the sites fine-tune LoRA on the base model the server streamed to them."""
 
-import hashlib
-from pathlib import Path
-
 import pytest
 
 from flaretune.jobcfg import JobFolder
+from flaretune.streaming.chunks import file_sha256
 
 pytestmark = pytest.mark.integration
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_clinical_ner_trains_on_the_pushed_base_model(tmp_path, small_hospitals, tiny_clinical_job):
@@ -33,6 +27,6 @@ def test_clinical_ner_trains_on_the_pushed_base_model(tmp_path, small_hospitals,
     assert (run_dir / "global_model" / "adapter" / "adapter_config.json").is_file()
     for site in ("site-1", "site-2", "site-3"):
         pushed = ws / site / "models" / "base"
-        assert _sha(pushed / "model.safetensors") == _sha(base / "model.safetensors"), site
+        assert file_sha256(pushed / "model.safetensors") == file_sha256(base / "model.safetensors"), site
         log = (ws / site / "log.txt").read_text()
         assert f"base model tiny-minilm-ner from {pushed}" in log, site

@@ -1,23 +1,18 @@
 """model_push end to end in the FLARE simulator: a small model in many 64 KiB chunks reaches both sites."""
 
-import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from flaretune.simulate import simulate
+from flaretune.streaming.chunks import file_sha256
 from flaretune.streaming.state_dict import write_synthetic_model
 
 JOB = Path(__file__).parent / "jobs" / "model_push"
 SITES = ("site-1", "site-2")
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _run_simulator(tmp_path: Path, run: str = "", client_args=None, **server_args) -> tuple:
@@ -36,30 +31,22 @@ def _run_simulator(tmp_path: Path, run: str = "", client_args=None, **server_arg
     client["executors"][0]["executor"]["args"].update(client_args or {})
     client_config.write_text(json.dumps(client, indent=1))
     workspace = tmp_path / f"ws{run}"
-    (workspace / "local").mkdir(parents=True)
-    from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
-
-    # FLARE 2.9 builds only allow-listed component classes: add ours for this workspace
-    policy = {"format_version": 2, "class_allow_list": list(DEFAULT_CLASS_ALLOW_LIST) + ["flaretune."]}
-    (workspace / "local" / "resources.json").write_text(json.dumps(policy))
-    env = dict(os.environ, HOME=str(tmp_path / "home"))
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace), "-n", "2", "-t", "2"]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    return proc, model, workspace
+    code, _, log = simulate(job, workspace, 2, threads=2, env={"HOME": str(tmp_path / "home")}, timeout=240,
+                            echo=lambda line: None)
+    return SimpleNamespace(returncode=code, output=log.read_text()), model, workspace
 
 
 @pytest.mark.integration
 def test_model_reaches_every_site_with_matching_sha256_despite_corrupt_chunks(tmp_path):
     proc, model, ws = _run_simulator(tmp_path, corrupt_chunks=[{"file": "*", "chunk": 3, "times": 2}])
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.returncode == 0, proc.output[-3000:]
     site_logs = "".join((ws / site / "log.txt").read_text() for site in SITES)
     assert "refused" in site_logs and "chunk 3" in site_logs  # the corrupt sends were caught and resent
     sources = sorted(p for p in model.iterdir())
     for site in SITES:
         dest = ws / site / "models" / "base"
         for src in sources:
-            assert _sha(dest / src.name) == _sha(src), f"{site}: {src.name}"
+            assert file_sha256(dest / src.name) == file_sha256(src), f"{site}: {src.name}"
         assert not list(dest.glob("*.partial*"))
 
 
@@ -98,7 +85,7 @@ def test_interrupted_push_resumes_with_only_the_missing_chunks(tmp_path):
     report = tmp_path / "report.json"
     second, _, _ = _run_simulator(tmp_path, run="2", client_args={"dest_dir": str(sites_dir)},
                                   report_path=str(report))
-    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    assert second.returncode == 0, second.output[-3000:]
     summary = json.loads(report.read_text())
     total_chunks = sum(-(-p.stat().st_size // (64 << 10)) for p in model.iterdir())
     for site in SITES:
@@ -106,4 +93,4 @@ def test_interrupted_push_resumes_with_only_the_missing_chunks(tmp_path):
         assert 0 < summary["need_chunks"][site] < total_chunks - 16, summary["need_chunks"]
         dest = tmp_path / "sites" / site / "base"
         for src in model.iterdir():
-            assert _sha(dest / src.name) == _sha(src), f"{site}: {src.name}"
+            assert file_sha256(dest / src.name) == file_sha256(src), f"{site}: {src.name}"
