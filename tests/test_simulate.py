@@ -45,3 +45,15 @@ def test_gives_up_after_the_last_attempt(monkeypatch, tmp_path):
     code, _, _ = simulate.simulate("job", tmp_path / "ws", 2, echo=said.append, timeout=120, attempts=2)
     assert code != 0 and (tmp_path / "runs").read_text() == "2"
     assert any("giving up (2/2)" in s for s in said)
+
+
+def test_the_time_limit_also_ends_a_child_that_keeps_the_output_open(monkeypatch, tmp_path):
+    # like `nvflare simulator`, the command leaves the work to a child process that inherits its output
+    script = tmp_path / "hangs.py"
+    script.write_text("import subprocess, sys\n"
+                      "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n")
+    monkeypatch.setattr(simulate, "nvflare_command", lambda: [sys.executable, str(script)])
+    started = time.monotonic()
+    code, run_dir, log = simulate.simulate("job", tmp_path / "ws", 2, echo=lambda s: None, timeout=3)
+    assert time.monotonic() - started < 30
+    assert run_dir is None and "stopped after its 3 s time limit" in log.read_text()

@@ -6,6 +6,7 @@ person sees the federation advance without FLARE's verbose output.
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -77,14 +78,28 @@ def simulate(
 
 
 def _simulate_once(cmd: List[str], log_path: Path, server_log: Path, env, echo, timeout) -> Tuple[int, bool]:
-    """One simulator run; stops it as soon as the server log shows the duplicate-client race."""
-    started, raced = time.time(), threading.Event()
+    """One simulator run; stops it at ``timeout`` seconds, or as soon as the server log shows the
+    duplicate-client race."""
+    started, raced, finished = time.time(), threading.Event(), threading.Event()
     with open(log_path, "a") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=venv_env(env))
+        # its own process group: `nvflare simulator` runs the simulation in a child process, which must end
+        # with it (and which would otherwise keep the output pipe open)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=venv_env(env),
+                                start_new_session=True)
+
+        def stop():
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
         def watch():  # the eviction is logged by the server's connection layer, in its log file only
             seen, tail = 0, ""
-            while proc.poll() is None:
+            while not finished.is_set():  # not proc.poll(): the simulator's child may outlive it
+                if timeout is not None and time.time() - started > timeout:
+                    log.write(f"flaretune: simulator stopped after its {timeout:.0f} s time limit\n")
+                    stop()
+                    return
                 if server_log.is_file():
                     with open(server_log, errors="replace") as f:
                         f.seek(seen)
@@ -92,10 +107,10 @@ def _simulate_once(cmd: List[str], log_path: Path, server_log: Path, env, echo, 
                         seen = f.tell()
                     if DUPLICATE_CLIENT in tail + new:
                         raced.set()
-                        proc.kill()
+                        stop()
                         return
                     tail = new[-len(DUPLICATE_CLIENT):]
-                time.sleep(1.0)
+                finished.wait(1.0)
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -105,11 +120,11 @@ def _simulate_once(cmd: List[str], log_path: Path, server_log: Path, env, echo, 
                 match = _PROGRESS.search(line)
                 if match:
                     echo(f"  [{time.time() - started:6.1f}s] {match.group(1).strip()}")
-            proc.wait(timeout=timeout)
+            proc.wait()
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            finished.set()
+            stop()  # the simulator's own child too, after a timeout or an interrupt
+            proc.wait()
             watcher.join()
     return proc.returncode, raced.is_set()
 
