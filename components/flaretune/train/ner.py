@@ -10,6 +10,8 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
+from flaretune.train.diagnose import collapse_warning, entity_counts
+
 IGNORE_INDEX = -100
 
 
@@ -132,8 +134,12 @@ def predict(model, encoded: Sequence[Encoded], id2label: Dict[int, str], pad_id:
     return predictions
 
 
-def entity_scores(gold: List[List[str]], predicted: List[List[str]]) -> Dict[str, object]:
-    """Strict (exact span and type) entity precision/recall/F1, overall and per type, as fractions.
+def entity_scores(
+    gold: List[List[str]], predicted: List[List[str]], losses: Optional[Sequence[float]] = None
+) -> Dict[str, object]:
+    """Strict (exact span and type) entity precision/recall/F1, overall and per type, as fractions,
+    plus the gold and predicted entity counts and ``collapse``: a one-line warning or None
+    (see ``flaretune.train.diagnose``; ``losses``, oldest first, lets it spot a plateau at F1 0).
 
     seqeval in strict IOB2 mode (Ramshaw & Marcus tagging; CoNLL-2003 scoring).
     """
@@ -147,14 +153,21 @@ def entity_scores(gold: List[List[str]], predicted: List[List[str]]) -> Dict[str
         if not name.endswith(" avg")
     }
     micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0})
+    f1 = float(micro["f1-score"])
+    n_gold, n_predicted = entity_counts(gold, predicted)
     return {
         "precision": float(micro["precision"]),
         "recall": float(micro["recall"]),
-        "f1": float(micro["f1-score"]),
+        "f1": f1,
         "per_type": per_type,
+        "n_gold": n_gold,
+        "n_predicted": n_predicted,
+        "collapse": collapse_warning(n_gold, n_predicted, f1, losses),
     }
 
 
-def evaluate(model, encoded: Sequence[Encoded], id2label: Dict[int, str], pad_id: int) -> Dict[str, object]:
+def evaluate(
+    model, encoded: Sequence[Encoded], id2label: Dict[int, str], pad_id: int, losses: Optional[Sequence[float]] = None
+) -> Dict[str, object]:
     predicted = predict(model, encoded, id2label, pad_id)
-    return entity_scores([e.word_tags for e in encoded], predicted)
+    return entity_scores([e.word_tags for e in encoded], predicted, losses)
