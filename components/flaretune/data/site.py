@@ -15,7 +15,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional
 
 from flaretune.errors import ConfigError, DataFormatError
 
@@ -37,27 +37,52 @@ def _holdout(sentences: List, seed: int, fraction: float = 0.1):
     return [s for i, s in enumerate(sentences) if i not in test_ids], [sentences[i] for i in sorted(test_ids)]
 
 
-def _read_folder_or_file(
-    path: Path, seed: int, read: Callable[[Path], List] = None, names: Sequence[str] = ("conll",), kind: str = "a CoNLL file"
-) -> SiteData:
-    """``path/train.<ext>`` (+ ``test.<ext>``) for the first extension in ``names`` present, or one file."""
-    if read is None:
-        from flaretune.data.conll import read_conll as read
+# What each task trains on, by file format (see flaretune.data.formats): the records a reader returns,
+# turned into the task's record type. One table, so every path, file or folder, reads a format one way.
+TASK_FORMATS: Dict[str, Dict[str, Callable[[List], List]]] = {
+    "ner": {"conll": lambda records: records},
+    "instruct": {"jsonl": lambda records: records, "phrasebank": lambda phrases: _phrases_to_examples(phrases)},
+}
+_TRAIN_NAMES = {"ner": ("conll", "bio", "txt"), "instruct": ("jsonl", "txt")}
+_KIND = {"ner": "a CoNLL file", "instruct": "a .jsonl or PhraseBank .txt file"}
+
+
+def _phrases_to_examples(phrases: List) -> List:
+    from flaretune.data.phrasebank import to_examples
+
+    return to_examples(phrases)
+
+
+def read_task_file(path: Path, task: str) -> List:
+    """The records of one file for ``task`` (``ner`` or ``instruct``), its format told by :func:`infer_format`."""
+    from flaretune.data.formats import infer_format, read_records
+
+    fmt = infer_format(path)
+    convert = TASK_FORMATS[task].get(fmt)
+    if convert is None:
+        valid = ", ".join(TASK_FORMATS[task])
+        raise DataFormatError(path, None, f"is a {fmt} file; {task} sites read {valid}")
+    return convert(read_records(path, fmt))
+
+
+def read_site_path(path: Path, seed: int, task: str) -> SiteData:
+    """``path/train.<ext>`` (+ ``test.<ext>``) for the first extension present, or one file (10% held out)."""
+    names = _TRAIN_NAMES[task]
     if path.is_dir():
-        expected = ", ".join(f"train.{ext}" for ext in names)
         train_file = next((path / f"train.{ext}" for ext in names if (path / f"train.{ext}").is_file()), None)
         if train_file is None:
+            expected = ", ".join(f"train.{ext}" for ext in names)
             raise DataFormatError(path / f"train.{names[0]}", None, f"site data folder has no {expected} (with optional test file)")
-        train = read(train_file)
+        train = read_task_file(train_file, task)
         test_file = train_file.with_name("test" + train_file.suffix)
         if test_file.is_file():
-            return SiteData(train, read(test_file), str(path))
+            return SiteData(train, read_task_file(test_file, task), str(path))
         train, test = _holdout(train, seed)
         return SiteData(train, test, f"{train_file} (10% held out for test)")
     if path.is_file():
-        train, test = _holdout(read(path), seed)
+        train, test = _holdout(read_task_file(path, task), seed)
         return SiteData(train, test, f"{path} (10% held out for test)")
-    raise DataFormatError(path, None, f"site data path does not exist (expected {kind} or a folder with train.{names[0]})")
+    raise DataFormatError(path, None, f"site data path does not exist (expected {_KIND[task]} or a folder with train.{names[0]})")
 
 
 def _site_path(site_name: str, data_path: str) -> Optional[Path]:
@@ -89,7 +114,7 @@ def load_site_ner_data(
 ) -> SiteData:
     path = _site_path(site_name, data_path)
     if path is not None:
-        return _read_folder_or_file(path, seed)
+        return read_site_path(path, seed, "ner")
     from flaretune.data.clinical import make_hospital
 
     index = _synthetic_index(site_name)
@@ -98,17 +123,6 @@ def load_site_ner_data(
         n_train=synthetic_train_size or None,
     )
     return SiteData(train, test, f"synthetic hospital {site_name} (seed={seed}, skew={synthetic_skew})")
-
-
-def read_instruction_file(path: Path) -> List:
-    """Instruction ``Example`` records from JSON Lines, or from a Financial PhraseBank ``sentence@label`` file (``.txt``)."""
-    if path.suffix.lower() == ".txt":
-        from flaretune.data.phrasebank import read_phrasebank, to_examples
-
-        return to_examples(read_phrasebank(path))
-    from flaretune.data.instructions import read_instructions
-
-    return read_instructions(path)
 
 
 def load_site_fin_data(
@@ -123,9 +137,7 @@ def load_site_fin_data(
     """A bank's instruction data (``Example`` records): its files, or the synthetic bank of ``flaretune.data.finance``."""
     path = _site_path(site_name, data_path)
     if path is not None:
-        return _read_folder_or_file(
-            path, seed, read_instruction_file, names=("jsonl", "txt"), kind="a .jsonl or PhraseBank .txt file"
-        )
+        return read_site_path(path, seed, "instruct")
     from flaretune.data.finance import make_bank
 
     index = _synthetic_index(site_name)
