@@ -12,7 +12,7 @@ from flaretune.errors import ConfigError, DataFormatError
 from flaretune.models.lora import PeftSpec
 from flaretune.train import causal
 from flaretune.train.causal import IGNORE_INDEX, InstructTrainer, classification_scores, score_candidates
-from flaretune.train.site_data import load_site_fin_data
+from flaretune.data.site import load_site_fin_data
 
 SPEC = PeftSpec(model_name="tiny-smollm2", target_modules=["q_proj", "v_proj"], lora_r=4, lora_dropout=0.0)
 TOY = [
@@ -118,7 +118,7 @@ def test_trainer_rejects_a_token_classifier_and_tiny_max_length():
         InstructTrainer(SPEC, max_length=8)
 
 
-# -- site data for banks (flaretune.train.site_data) --------------------------------------------------
+# -- site data for banks (flaretune.data.site) --------------------------------------------------
 def _jsonl(path, examples):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"instruction": e.instruction, "input": e.input, "output": e.output}) + "\n" for e in examples))

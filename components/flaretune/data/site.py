@@ -5,7 +5,7 @@ Resolution order for a site called ``site-2``:
 2. ``$FLARETUNE_DATA_DIR/site-2`` from the site's environment (so a job JSON never holds local paths),
 3. the synthetic hospital (NER) or bank (instructions) ``site-2`` (seeded, clearly labelled synthetic).
 
-NER: a folder must hold ``train.conll`` and may hold ``test.conll``. Instructions: a folder must
+NER: a folder must hold ``train.conll`` (or ``.bio``/``.txt``) and may hold ``test.conll``. Instructions: a folder must
 hold ``train.jsonl`` (or a Financial PhraseBank ``train.txt``) and may hold ``test.jsonl`` /
 ``test.txt``. Without a test file, a seeded 10% of the training records is held out. A single
 file is taken as the training file.
@@ -37,20 +37,20 @@ def _holdout(sentences: List, seed: int, fraction: float = 0.1):
     return [s for i, s in enumerate(sentences) if i not in test_ids], [sentences[i] for i in sorted(test_ids)]
 
 
-# What each task trains on, by file format (see flaretune.data.formats): the records a reader returns,
-# turned into the task's record type. One table, so every path, file or folder, reads a format one way.
-TASK_FORMATS: Dict[str, Dict[str, Callable[[List], List]]] = {
-    "ner": {"conll": lambda records: records},
-    "instruct": {"jsonl": lambda records: records, "phrasebank": lambda phrases: _phrases_to_examples(phrases)},
-}
-_TRAIN_NAMES = {"ner": ("conll", "bio", "txt"), "instruct": ("jsonl", "txt")}
-_KIND = {"ner": "a CoNLL file", "instruct": "a .jsonl or PhraseBank .txt file"}
-
-
 def _phrases_to_examples(phrases: List) -> List:
     from flaretune.data.phrasebank import to_examples
 
     return to_examples(phrases)
+
+
+# What each task trains on, by file format (see flaretune.data.formats): the records a reader returns,
+# turned into the task's record type. One table, so every path, file or folder, reads a format one way.
+TASK_FORMATS: Dict[str, Dict[str, Callable[[List], List]]] = {
+    "ner": {"conll": lambda records: records},
+    "instruct": {"jsonl": lambda records: records, "phrasebank": _phrases_to_examples},
+}
+_TRAIN_NAMES = {"ner": ("conll", "bio", "txt"), "instruct": ("jsonl", "txt")}
+_KIND = {"ner": "a CoNLL file", "instruct": "a .jsonl or PhraseBank .txt file"}
 
 
 def read_task_file(path: Path, task: str) -> List:
@@ -72,7 +72,9 @@ def read_site_path(path: Path, seed: int, task: str) -> SiteData:
         train_file = next((path / f"train.{ext}" for ext in names if (path / f"train.{ext}").is_file()), None)
         if train_file is None:
             expected = ", ".join(f"train.{ext}" for ext in names)
-            raise DataFormatError(path / f"train.{names[0]}", None, f"site data folder has no {expected} (with optional test file)")
+            raise DataFormatError(
+                path / f"train.{names[0]}", None, f"site data folder has no {expected} (with optional test file)"
+            )
         train = read_task_file(train_file, task)
         test_file = train_file.with_name("test" + train_file.suffix)
         if test_file.is_file():
@@ -82,7 +84,8 @@ def read_site_path(path: Path, seed: int, task: str) -> SiteData:
     if path.is_file():
         train, test = _holdout(read_task_file(path, task), seed)
         return SiteData(train, test, f"{path} (10% held out for test)")
-    raise DataFormatError(path, None, f"site data path does not exist (expected {_KIND[task]} or a folder with train.{names[0]})")
+    expected = f"{_KIND[task]} or a folder with train.{names[0]}"
+    raise DataFormatError(path, None, f"site data path does not exist (expected {expected})")
 
 
 def _site_path(site_name: str, data_path: str) -> Optional[Path]:
@@ -134,7 +137,7 @@ def load_site_fin_data(
     synthetic_train_size: int = 0,
     synthetic_test_size: int = 100,
 ) -> SiteData:
-    """A bank's instruction data (``Example`` records): its files, or the synthetic bank of ``flaretune.data.finance``."""
+    """A bank's instruction data (``Example`` records): its files, or the synthetic bank (``flaretune.data.finance``)."""
     path = _site_path(site_name, data_path)
     if path is not None:
         return read_site_path(path, seed, "instruct")

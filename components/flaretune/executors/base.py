@@ -5,11 +5,10 @@ Tasks: ``train`` (evaluate the received global adapter, train locally, return th
 site's last local adapter). Only trainable tensors leave the site; the frozen base never does.
 
 A subclass supplies four things: :meth:`load_data` (the site's ``SiteData``), :meth:`make_trainer`
-(an object with ``NerTrainer``'s interface), :meth:`flat_metrics` (the trainer's scores as flat
-floats) and :attr:`headlines` (the metrics the log line names, first one present wins).
+(a :class:`flaretune.train.protocol.Trainer`), :meth:`flat_metrics` (the trainer's scores as flat
+floats) and :attr:`headlines` (the metrics the log line names, first one present wins). The round
+itself is :func:`flaretune.train.flow.local_round`, the same for every executor.
 """
-
-import time
 
 import numpy as np
 
@@ -22,13 +21,11 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
-from flaretune.aggregation.controller import FEDPROX_MU_KEY, NUM_EXAMPLES_KEY
-from flaretune.aggregation.persistor import SPEC_META_KEY
+from flaretune import keys
 from flaretune.errors import ConfigError, FlaretuneError
 from flaretune.models.lora import PeftSpec
-from flaretune.streaming.receiver import resolve_site_dir
-
-UPLOAD_BYTES_KEY = "upload_param_bytes"
+from flaretune.paths import resolve_site_dir
+from flaretune.train.flow import LocalTraining, headline, local_round, round_line
 
 
 class PeftExecutor(Executor):
@@ -52,6 +49,9 @@ class PeftExecutor(Executor):
         seed: int = 0,
         send_diff: bool = False,
         num_threads: int = 0,
+        warmup_ratio: float = 0.0,
+        lr_schedule: str = "constant",
+        train_step: str = "backprop",
         train_task_name: str = "train",
         validate_task_name: str = "validate",
         submit_model_task_name: str = "submit_model",
@@ -70,12 +70,17 @@ class PeftExecutor(Executor):
         self.seed = seed
         self.send_diff = send_diff
         self.num_threads = num_threads
+        self.warmup_ratio = warmup_ratio
+        self.lr_schedule = lr_schedule
+        self.train_step = train_step
         self.train_task_name = train_task_name
         self.validate_task_name = validate_task_name
         self.submit_model_task_name = submit_model_task_name
         self.tracking_writer_id = tracking_writer_id
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self._settings = LocalTraining(
+            epochs=local_epochs, max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size,
+            warmup_ratio=warmup_ratio, schedule=lr_schedule, train_step=train_step,
+        )
         self._trainer = None
         self._train = self._test = None
         self._local_params = None
@@ -124,9 +129,9 @@ class PeftExecutor(Executor):
             return make_reply(ReturnCode.TASK_UNKNOWN)
         try:
             incoming = FLModelUtils.from_shareable(shareable)
-            spec = (incoming.meta or {}).get(SPEC_META_KEY)
+            spec = (incoming.meta or {}).get(keys.MODEL_SPEC)
             if spec is None:
-                self.log_error(fl_ctx, f"task {task_name!r} carries no '{SPEC_META_KEY}': use PeftAdapterPersistor")
+                self.log_error(fl_ctx, f"task {task_name!r} carries no '{keys.MODEL_SPEC}': use PeftAdapterPersistor")
                 return make_reply(ReturnCode.BAD_TASK_DATA)
             self._prepare(spec, fl_ctx)
             if abort_signal.triggered:
@@ -136,8 +141,9 @@ class PeftExecutor(Executor):
             if task_name == self.validate_task_name:
                 self._trainer.set_params(incoming.params)
                 metrics = self.flat_metrics(self._trainer.evaluate(self._test))
-                self.log_info(fl_ctx, "validation of the received model: {}={:.4f}".format(*self._headline(metrics)))
-                return FLModelUtils.to_shareable(FLModel(metrics=metrics, meta={NUM_EXAMPLES_KEY: len(self._test)}))
+                name, value = headline(metrics, self.headlines)
+                self.log_info(fl_ctx, f"validation of the received model: {name}={value:.4f}")
+                return FLModelUtils.to_shareable(FLModel(metrics=metrics, meta={keys.NUM_EXAMPLES: len(self._test)}))
             params = self._local_params if self._local_params is not None else incoming.params
             return FLModelUtils.to_shareable(FLModel(params_type=ParamsType.FULL, params=params))
         except FlaretuneError as err:
@@ -147,45 +153,36 @@ class PeftExecutor(Executor):
     def _do_train(self, incoming: FLModel, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         round_number = incoming.current_round or 0
         global_params = {k: np.asarray(v, dtype=np.float32) for k, v in incoming.params.items()}
-        self._trainer.set_params(global_params)
-        global_metrics = self.flat_metrics(self._trainer.evaluate(self._test), prefix="global_")
-        started = time.time()
-        result = self._trainer.fit(
-            self._train, epochs=self.local_epochs, learning_rate=self.learning_rate, batch_size=self.batch_size,
-            seed=self.seed + round_number, max_steps=self.max_steps,
-            fedprox_mu=float((incoming.meta or {}).get(FEDPROX_MU_KEY, 0.0)),
+        outcome = local_round(
+            self._trainer, self._train, self._test, self._settings, seed=self.seed + round_number,
+            global_params=global_params, fedprox_mu=float((incoming.meta or {}).get(keys.FEDPROX_MU, 0.0)),
             should_stop=lambda: abort_signal.triggered,
         )
-        if result.aborted:
-            self.log_info(fl_ctx, f"round {round_number}: aborted after {result.steps} steps")
+        if outcome.result.aborted:
+            self.log_info(fl_ctx, f"round {round_number}: aborted after {outcome.result.steps} steps")
             return make_reply(ReturnCode.TASK_ABORTED)
         local = {k: v.numpy() for k, v in self._trainer.get_params().items()}
         self._local_params = local
-        local_metrics = self.flat_metrics(self._trainer.evaluate(self._test), prefix="local_")
-        metrics = {**global_metrics, **local_metrics, "train_loss": result.mean_loss}
+        metrics = {**self.flat_metrics(outcome.before, prefix="global_"),
+                   **self.flat_metrics(outcome.after, prefix="local_"), "train_loss": outcome.result.mean_loss}
         self._track(metrics, round_number)
         params = {k: v - global_params[k] for k, v in local.items()} if self.send_diff else local
         upload = int(sum(v.nbytes for v in params.values()))
-        (name, before), (_, after) = self._headline(global_metrics, "global_"), self._headline(local_metrics, "local_")
-        self.log_info(
-            fl_ctx,
-            f"{fl_ctx.get_identity_name()} round {round_number}: {result.steps} steps in {time.time() - started:.1f}s, "
-            f"loss {result.mean_loss:.4f}, "
-            f"global {name} {before:.4f} -> local {name} {after:.4f}, upload {upload:,} bytes",
-        )
+        self.log_info(fl_ctx, round_line(fl_ctx.get_identity_name(), round_number, outcome, self.headlines, upload))
+        self._warn_collapse(fl_ctx, outcome.after, round_number)
         reply = FLModel(
             params_type=ParamsType.DIFF if self.send_diff else ParamsType.FULL,
             params=params,
             metrics=metrics,
             current_round=round_number,
-            meta={NUM_EXAMPLES_KEY: len(self._train), UPLOAD_BYTES_KEY: upload,
-                  MetaKey.NUM_STEPS_CURRENT_ROUND: result.steps},
+            meta={keys.NUM_EXAMPLES: len(self._train), keys.UPLOAD_BYTES: upload,
+                  MetaKey.NUM_STEPS_CURRENT_ROUND: outcome.result.steps},
         )
         return FLModelUtils.to_shareable(reply)
 
-    def _headline(self, metrics: dict, prefix: str = ""):
-        name = next((n for n in self.headlines if prefix + n in metrics), self.headlines[0])
-        return name, float(metrics.get(prefix + name, float("nan")))
+    def _warn_collapse(self, fl_ctx: FLContext, scores: dict, round_number: int) -> None:
+        if scores.get("collapse"):
+            self.log_warning(fl_ctx, f"{fl_ctx.get_identity_name()} round {round_number}: {scores['collapse']}")
 
     def _track(self, metrics: dict, round_number: int) -> None:
         if self._writer is None:

@@ -1,7 +1,8 @@
 """Site side of :class:`flaretune.streaming.fedavg.StreamedFedAvg`: full fine-tuning of a token classifier.
 
 ``model_push`` is handled as by :class:`ModelPushReceiver` (resumable, bounded memory). ``train`` loads the
-pushed Hugging Face folder, fine-tunes every parameter on the site's NER data, saves the result as
+pushed Hugging Face folder, fine-tunes every parameter on the site's NER data (the same local round as
+every executor: :func:`flaretune.train.flow.local_round`), saves the result as
 safetensors and streams that folder back to the server on the ``model_update`` topic, then answers with
 the update's name, checksums, example count and scores. The received and the trained folders are deleted
 once the server has the update, so a site keeps at most two copies of the model on disk.
@@ -9,7 +10,6 @@ once the server has the update, so a site keeps at most two copies of the model 
 
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from nvflare.apis.fl_context import FLContext
@@ -20,8 +20,10 @@ from flaretune.errors import ConfigError, FlaretuneError
 from flaretune.streaming import protocol as P
 from flaretune.streaming.chunks import DEFAULT_CHUNK_MB, build_manifest, chunk_size_from_mb
 from flaretune.streaming.producer import stream_model_folder
-from flaretune.streaming.receiver import ModelPushReceiver, resolve_site_dir
+from flaretune.paths import resolve_site_dir
+from flaretune.streaming.receiver import ModelPushReceiver
 from flaretune.streaming.schedule import TransferError
+from flaretune.train.flow import LocalTraining, local_round, round_line
 
 
 class FullModelTrainExecutor(ModelPushReceiver):
@@ -69,8 +71,8 @@ class FullModelTrainExecutor(ModelPushReceiver):
         self.chunk_mb = chunk_mb
         self.train_task_name = train_task_name
         self._chunk_size = chunk_size_from_mb(chunk_mb)
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self._settings = LocalTraining(epochs=local_epochs, max_steps=max_steps, learning_rate=learning_rate,
+                                       batch_size=batch_size)
         self._data = None
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
@@ -83,50 +85,33 @@ class FullModelTrainExecutor(ModelPushReceiver):
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
 
     def _train(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
-        import torch
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-        from flaretune.train import ner
-        from flaretune.train.site_data import load_site_ner_data
+        from flaretune.data.site import load_site_ner_data
+        from flaretune.train.full_trainer import FullNerTrainer
 
         site = fl_ctx.get_identity_name()
         model_name, r = shareable.get(P.KEY_MODEL_NAME), int(shareable.get(P.KEY_ROUND, 0))
         folder = resolve_site_dir(self.dest_dir, fl_ctx) / str(model_name)
         if not model_name or not folder.is_dir():
             raise ConfigError(f"train: model {model_name!r} was not pushed to this site (looked in {folder})")
-        if self.num_threads:
-            torch.set_num_threads(int(self.num_threads))
         if self._data is None:
             self._data = load_site_ner_data(
                 site, self.data_path, seed=self.seed, synthetic_sites=self.synthetic_sites,
                 synthetic_skew=self.synthetic_skew, synthetic_train_size=self.synthetic_train_size,
             )
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForTokenClassification.from_pretrained(str(folder), dtype=torch.float32)
-        id2label = {int(k): v for k, v in model.config.id2label.items()}
-        label2id = {v: k for k, v in id2label.items()}
-        train = ner.encode(self._data.train, tokenizer, label2id, self.max_length)
-        test = ner.encode(self._data.test, tokenizer, label2id, self.max_length)
-        pad = tokenizer.pad_token_id
-        before = ner.evaluate(model, test, id2label, pad)["f1"]
-        started = time.time()
-        result = ner.train(model, train, pad, epochs=self.local_epochs, learning_rate=self.learning_rate,
-                           batch_size=self.batch_size, seed=self.seed + r, max_steps=self.max_steps,
-                           should_stop=lambda: abort_signal.triggered)
-        if result.aborted:
+        trainer = FullNerTrainer(folder, max_length=self.max_length, num_threads=self.num_threads)
+        train, test = trainer.encode(self._data.train), trainer.encode(self._data.test)
+        outcome = local_round(trainer, train, test, self._settings, seed=self.seed + r,
+                              should_stop=lambda: abort_signal.triggered)
+        if outcome.result.aborted:
             return make_reply(ReturnCode.TASK_ABORTED)
-        after = ner.evaluate(model, test, id2label, pad)["f1"]
-        metrics = {"global_f1": before, "local_f1": after, "train_loss": result.mean_loss}
+        metrics = {"global_f1": outcome.before["f1"], "local_f1": outcome.after["f1"],
+                   "train_loss": outcome.result.mean_loss}
         update_name = f"{site}-round-{r}"
         with tempfile.TemporaryDirectory(prefix="update-", dir=folder.parent) as tmp:
-            out = Path(tmp) / update_name
-            model.save_pretrained(str(out), safe_serialization=True)
-            tokenizer.save_pretrained(str(out))
-            del model
+            out = trainer.save(Path(tmp) / update_name)
+            del trainer
             manifest = build_manifest(out, self._chunk_size, model_name=update_name)
-            self.log_info(fl_ctx, f"{site} round {r}: {result.steps} full fine-tuning steps in "
-                                  f"{time.time() - started:.1f}s, f1 {before:.4f} -> {after:.4f}; "
-                                  f"streaming {manifest.total_bytes:,} bytes to the server")
+            self.log_info(fl_ctx, round_line(site, r, outcome, ("f1",), manifest.total_bytes))
             stream_model_folder(fl_ctx, out, manifest, ["server"], max_retries=3, topic=P.UPDATE_TOPIC)
         shutil.rmtree(folder, ignore_errors=True)  # the next round pushes a new global model
         reply = make_reply(ReturnCode.OK)

@@ -45,6 +45,9 @@ class PeftCausalLMExecutor(PeftExecutor):
         synthetic_train_size: int = 0,
         synthetic_test_size: int = 100,
         num_threads: int = 0,
+        warmup_ratio: float = 0.0,
+        lr_schedule: str = "constant",
+        train_step: str = "backprop",
         train_task_name: str = "train",
         validate_task_name: str = "validate",
         submit_model_task_name: str = "submit_model",
@@ -54,6 +57,7 @@ class PeftCausalLMExecutor(PeftExecutor):
         super().__init__(
             data_path=data_path, local_epochs=local_epochs, max_steps=max_steps, learning_rate=learning_rate,
             batch_size=batch_size, max_length=max_length, seed=seed, send_diff=send_diff, num_threads=num_threads,
+            warmup_ratio=warmup_ratio, lr_schedule=lr_schedule, train_step=train_step,
             train_task_name=train_task_name, validate_task_name=validate_task_name,
             submit_model_task_name=submit_model_task_name, tracking_writer_id=tracking_writer_id,
             base_model_dir=base_model_dir,
@@ -71,7 +75,7 @@ class PeftCausalLMExecutor(PeftExecutor):
             raise ConfigError(f"synthetic_alpha must be > 0 (Dirichlet concentration), got {synthetic_alpha}")
 
     def load_data(self, site_name: str):
-        from flaretune.train.site_data import load_site_fin_data
+        from flaretune.data.site import load_site_fin_data
 
         return load_site_fin_data(
             site_name, self.data_path, seed=self.seed, synthetic_sites=self.synthetic_sites,

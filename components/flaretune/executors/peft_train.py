@@ -34,6 +34,9 @@ class PeftTrainExecutor(PeftExecutor):
         synthetic_skew: float = 0.8,
         synthetic_train_size: int = 0,
         num_threads: int = 0,
+        warmup_ratio: float = 0.0,
+        lr_schedule: str = "constant",
+        train_step: str = "backprop",
         train_task_name: str = "train",
         validate_task_name: str = "validate",
         submit_model_task_name: str = "submit_model",
@@ -43,6 +46,7 @@ class PeftTrainExecutor(PeftExecutor):
         super().__init__(
             data_path=data_path, local_epochs=local_epochs, max_steps=max_steps, learning_rate=learning_rate,
             batch_size=batch_size, max_length=max_length, seed=seed, send_diff=send_diff, num_threads=num_threads,
+            warmup_ratio=warmup_ratio, lr_schedule=lr_schedule, train_step=train_step,
             train_task_name=train_task_name, validate_task_name=validate_task_name,
             submit_model_task_name=submit_model_task_name, tracking_writer_id=tracking_writer_id,
             base_model_dir=base_model_dir,
@@ -52,7 +56,7 @@ class PeftTrainExecutor(PeftExecutor):
         self.synthetic_train_size = synthetic_train_size
 
     def load_data(self, site_name: str):
-        from flaretune.train.site_data import load_site_ner_data
+        from flaretune.data.site import load_site_ner_data
 
         return load_site_ner_data(
             site_name, self.data_path, seed=self.seed, synthetic_sites=self.synthetic_sites,

@@ -23,7 +23,7 @@ from flaretune.streaming import protocol as P
 from flaretune.streaming.memory import pin_mmap_threshold
 from flaretune.streaming.chunks import DEFAULT_CHUNK_MB, build_manifest, chunk_size_from_mb
 from flaretune.streaming.producer import DEFAULT_SLICE_MB, DEFAULT_STREAMS, stream_model_folder
-from flaretune.streaming.receiver import resolve_site_dir
+from flaretune.paths import resolve_site_dir
 from flaretune.streaming.schedule import TransferError, corrupt_manifest, corrupter
 
 

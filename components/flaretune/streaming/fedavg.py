@@ -29,7 +29,7 @@ from flaretune.streaming.chunks import DEFAULT_CHUNK_MB, chunk_size_from_mb
 from flaretune.streaming.consumer import register_model_receiver
 from flaretune.streaming.controller import push_folder
 from flaretune.streaming.memory import pin_mmap_threshold
-from flaretune.streaming.receiver import resolve_site_dir, resolve_under
+from flaretune.paths import resolve_site_dir, resolve_under
 from flaretune.streaming.schedule import TransferError
 
 HISTORY_FILE = "history.json"

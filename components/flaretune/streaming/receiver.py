@@ -7,7 +7,6 @@ again. ``ModelFolderReceiver`` is the same receiving end without the task, e.g. 
 updates that clients send with :func:`flaretune.streaming.producer.stream_model_folder`.
 """
 
-import os
 from pathlib import Path
 
 from nvflare.apis.event_type import EventType
@@ -18,24 +17,12 @@ from nvflare.apis.shareable import ReturnCode, Shareable, make_reply
 from nvflare.apis.signal import Signal
 
 from flaretune.errors import ConfigError
+from flaretune.paths import resolve_site_dir
 from flaretune.streaming import protocol as P
 from flaretune.streaming.memory import pin_mmap_threshold
 from flaretune.streaming.chunks import Manifest
 from flaretune.streaming.consumer import register_model_receiver
 from flaretune.streaming.writer import TransferReceiver
-
-
-def resolve_under(base, path: str) -> Path:
-    """``path`` with ``~`` and ``$VARS`` expanded; absolute as given, relative under ``base``."""
-    path = Path(os.path.expandvars(os.path.expanduser(path)))
-    return path if path.is_absolute() else Path(base) / path
-
-
-def resolve_site_dir(path: str, fl_ctx: FLContext) -> Path:
-    """``{site_name}`` replaced by this site's name; absolute paths as given; relative ones under this site's
-    workspace root (not the job's run folder)."""
-    path = path.replace("{site_name}", fl_ctx.get_identity_name() or "")
-    return resolve_under(fl_ctx.get_engine().get_workspace().get_root_dir(), path)
 
 
 def _check_dest_dir(dest_dir) -> None:

@@ -19,16 +19,16 @@ from typing import Dict, List, Optional, Sequence
 from flaretune.data.types import SENTIMENT_LABELS
 from flaretune.errors import ConfigError
 from flaretune.models.lora import PeftSpec
-from flaretune.train import ner
+from flaretune.train import loop
 from flaretune.train.lora_trainer import LoraTrainer
 
-IGNORE_INDEX = ner.IGNORE_INDEX
+IGNORE_INDEX = loop.IGNORE_INDEX
 MIN_MAX_LENGTH = 32
 
 
 @dataclass
 class Encoded:
-    """One tokenised conversation; ``input_ids``/``labels`` are what :func:`ner.batches` pads."""
+    """One tokenised conversation; ``input_ids``/``labels`` are what :func:`flaretune.train.loop.batches` pads."""
 
     input_ids: List[int]  # prompt + answer + <|im_end|>
     labels: List[int]  # IGNORE_INDEX over the prompt, the token ids over the answer
@@ -159,7 +159,7 @@ def answer_loss(model, encoded: Sequence[Encoded], pad_id: int, batch_size: int 
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for ids, mask, labels in ner.batches(encoded, batch_size, pad_id):
+        for ids, mask, labels in loop.batches(encoded, batch_size, pad_id):
             logits, targets = answer_logits(model, ids, mask, labels)
             total += float(torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"))
             count += int(targets.numel())
@@ -187,7 +187,7 @@ def classification_scores(gold: Sequence[str], predicted: Sequence[str]) -> Dict
 
 
 class InstructTrainer(LoraTrainer):
-    """A LoRA causal-LM trainer with :class:`~flaretune.train.ner_trainer.NerTrainer`'s interface."""
+    """A LoRA causal-LM trainer (a :class:`~flaretune.train.protocol.Trainer`)."""
 
     def __init__(
         self,

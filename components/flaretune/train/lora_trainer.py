@@ -1,37 +1,32 @@
-"""What every flaretune LoRA trainer shares: the PEFT model, its adapter tensors and the training loop.
+"""What every flaretune trainer shares (model, tokenizer, the one training loop), and the LoRA trainer.
 
-Subclasses (``NerTrainer``, ``InstructTrainer``) add encoding and evaluation for their task.
+Subclasses add encoding and evaluation for their task (``NerTrainer``, ``InstructTrainer``) or train
+every weight (``FullNerTrainer``). All of them satisfy :class:`flaretune.train.protocol.Trainer`.
 """
 
 from typing import Callable, Dict, Optional, Sequence
 
 from flaretune.models.lora import PeftSpec, adapter_state, load_adapter_state
-from flaretune.train import ner
+from flaretune.train import loop
 
 
-class LoraTrainer:
-    def __init__(self, spec: PeftSpec, num_threads: int = 0, base_dir=None):
+def set_threads(num_threads: int) -> None:
+    if num_threads > 0:
         import torch
 
-        from flaretune.models.base import load_tokenizer
+        torch.set_num_threads(num_threads)
 
-        if num_threads > 0:
-            torch.set_num_threads(num_threads)
-        self.spec = spec
-        self.base_dir = base_dir  # a pushed model folder to start from, else the named package model
-        self.model = spec.build(base_dir)
-        self.tokenizer = load_tokenizer(spec.model_name, base_dir)
-        self.pad_id = self.tokenizer.pad_token_id or 0
+
+class ModelTrainer:
+    """A model and its tokenizer; :meth:`fit` runs :func:`flaretune.train.loop.run` with a pluggable step."""
+
+    model = None
+    tokenizer = None
+    pad_id = 0
 
     def training_module(self):
         """The module whose forward returns ``.loss`` for a batch (the model itself by default)."""
         return self.model
-
-    def get_params(self) -> Dict[str, "object"]:
-        return adapter_state(self.model)
-
-    def set_params(self, params: Dict[str, "object"]) -> None:
-        load_adapter_state(self.model, params)
 
     def trainable_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -47,15 +42,34 @@ class LoraTrainer:
         fedprox_mu: float = 0.0,
         should_stop: Callable[[], bool] = lambda: False,
         on_step: Optional[Callable[[int, float], None]] = None,
-    ) -> ner.TrainResult:
-        proximal = self._proximal_term(fedprox_mu) if fedprox_mu > 0 else None
-        return ner.train(
-            self.training_module(), encoded, self.pad_id, epochs=epochs, learning_rate=learning_rate,
-            batch_size=batch_size, seed=seed, max_steps=max_steps, proximal=proximal, should_stop=should_stop,
-            on_step=on_step,
+        step: Optional[loop.TrainStep] = None,
+        warmup_ratio: float = 0.0,
+        schedule: str = "constant",
+    ) -> loop.TrainResult:
+        if step is None:
+            hp = {"learning_rate": learning_rate, "warmup_ratio": warmup_ratio, "schedule": schedule}
+            step = loop.FedProxStep(mu=fedprox_mu, **hp) if fedprox_mu > 0 else loop.BackpropStep(**hp)
+        return loop.run(
+            self.training_module(), encoded, self.pad_id, step, epochs=epochs, batch_size=batch_size, seed=seed,
+            max_steps=max_steps, should_stop=should_stop, on_step=on_step,
         )
 
-    def _proximal_term(self, mu: float):
-        """FedProx (Li et al., 2020): (mu/2)·||w − w_global||² over the trainable tensors."""
-        anchors = [(p, p.detach().clone()) for p in self.model.parameters() if p.requires_grad]
-        return lambda: 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in anchors)
+
+class LoraTrainer(ModelTrainer):
+    """A PEFT model built from the job's :class:`PeftSpec`; only the adapter (and head) tensors travel."""
+
+    def __init__(self, spec: PeftSpec, num_threads: int = 0, base_dir=None):
+        from flaretune.models.base import load_tokenizer
+
+        set_threads(num_threads)
+        self.spec = spec
+        self.base_dir = base_dir  # a pushed model folder to start from, else the named package model
+        self.model = spec.build(base_dir)
+        self.tokenizer = load_tokenizer(spec.model_name, base_dir)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+
+    def get_params(self) -> Dict[str, "object"]:
+        return adapter_state(self.model)
+
+    def set_params(self, params: Dict[str, "object"]) -> None:
+        load_adapter_state(self.model, params)

@@ -1,18 +1,17 @@
-"""Token-classification training and strict entity-level evaluation, without FLARE.
+"""Token-classification encoding, prediction and strict entity-level evaluation, without FLARE.
+
+Training runs in :mod:`flaretune.train.loop`.
 
 Sub-word alignment: each word's label sits on its first sub-token; later sub-tokens and special
 tokens get -100 and are ignored by the loss. Predictions are read back from first sub-tokens, so
 scores are per word, as in CoNLL evaluation.
 """
 
-import math
-import random
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from flaretune.train.diagnose import collapse_warning, entity_counts
-
-IGNORE_INDEX = -100
+from flaretune.train.loop import IGNORE_INDEX, batches
 
 
 @dataclass
@@ -39,83 +38,6 @@ def encode(sentences: Sequence, tokenizer, label2id: Dict[str, int], max_length:
         n_words = sum(1 for label in labels if label != IGNORE_INDEX)
         encoded.append(Encoded(list(enc["input_ids"]), labels, list(sentence.tags[:n_words])))
     return encoded
-
-
-def batches(encoded: Sequence[Encoded], batch_size: int, pad_id: int, shuffle: bool = False, seed: int = 0):
-    """Yield padded ``(input_ids, attention_mask, labels)`` tensors."""
-    import torch
-
-    order = list(range(len(encoded)))
-    if shuffle:
-        random.Random(seed).shuffle(order)
-    for start in range(0, len(order), batch_size):
-        chunk = [encoded[i] for i in order[start : start + batch_size]]
-        width = max(len(e.input_ids) for e in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
-        for row, e in enumerate(chunk):
-            n = len(e.input_ids)
-            ids[row, :n] = torch.tensor(e.input_ids)
-            mask[row, :n] = 1
-            labels[row, :n] = torch.tensor(e.labels)
-        yield ids, mask, labels
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    examples: int
-    mean_loss: float
-    aborted: bool = False
-
-
-def train(
-    model,
-    encoded: Sequence[Encoded],
-    pad_id: int,
-    epochs: float = 1.0,
-    learning_rate: float = 1e-3,
-    batch_size: int = 16,
-    seed: int = 0,
-    max_steps: int = 0,
-    proximal: Optional[Callable[[], "object"]] = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    on_step: Optional[Callable[[int, float], None]] = None,
-) -> TrainResult:
-    """AdamW over the trainable parameters for ``epochs`` passes (or ``max_steps`` steps when > 0).
-
-    ``proximal`` returns an extra loss term (FedProx); ``should_stop`` is checked between steps so
-    a FLARE abort takes effect within one step.
-    """
-    import torch
-
-    torch.manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    steps_per_epoch = math.ceil(len(encoded) / batch_size)
-    total = max_steps if max_steps > 0 else max(1, round(epochs * steps_per_epoch))
-    model.train()
-    step, examples, loss_sum, epoch = 0, 0, 0.0, 0
-    while step < total:
-        for ids, mask, labels in batches(encoded, batch_size, pad_id, shuffle=True, seed=seed + epoch):
-            if step >= total:
-                break
-            if should_stop():
-                return TrainResult(step, examples, loss_sum / max(step, 1), aborted=True)
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            if proximal is not None:
-                loss = loss + proximal()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            examples += ids.shape[0]
-            loss_sum += float(loss.detach())
-            if on_step is not None:
-                on_step(step, float(loss.detach()))
-        epoch += 1
-    return TrainResult(step, examples, loss_sum / max(step, 1))
 
 
 def predict(model, encoded: Sequence[Encoded], id2label: Dict[int, str], pad_id: int, batch_size: int = 32):

@@ -1,0 +1,92 @@
+"""One local round, the same for every executor: evaluate the received model, train, evaluate again.
+
+No FLARE here: :class:`flaretune.executors.base.PeftExecutor` (adapters) and
+:class:`flaretune.executors.full_train.FullModelTrainExecutor` (whole models) both call
+:func:`local_round` and :func:`round_line`, and differ only in how the model arrives and leaves.
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Sequence
+
+from flaretune.errors import ConfigError
+from flaretune.train.loop import SCHEDULES, TrainResult, make_step
+from flaretune.train.protocol import Trainer
+
+
+@dataclass
+class LocalTraining:
+    """The local-training settings an executor's JSON carries."""
+
+    epochs: float = 1.0
+    max_steps: int = 0
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    warmup_ratio: float = 0.0
+    schedule: str = "constant"
+    train_step: str = "backprop"
+    step_args: Dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.epochs > 0 and self.max_steps < 1:
+            raise ConfigError(f"local_epochs must be > 0 (or max_steps >= 1), got {self.epochs}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"Invalid lr schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+    def step(self, fedprox_mu: float = 0.0):
+        """The round's train step; the server's FedProx ``mu`` turns plain backprop into FedProx."""
+        name = "fedprox" if fedprox_mu > 0 and self.train_step == "backprop" else self.train_step
+        args = {"learning_rate": self.learning_rate, "warmup_ratio": self.warmup_ratio, "schedule": self.schedule,
+                **self.step_args}
+        if name == "fedprox":
+            args.setdefault("mu", fedprox_mu)
+        return make_step(name, **args)
+
+
+@dataclass
+class RoundOutcome:
+    before: Dict[str, object]  # scores of the received model on the site's test split
+    after: Dict[str, object]  # scores after local training
+    result: TrainResult
+    seconds: float
+
+
+def local_round(
+    trainer: Trainer,
+    train: Sequence,
+    test: Sequence,
+    settings: LocalTraining,
+    seed: int,
+    global_params: Optional[Dict[str, object]] = None,
+    fedprox_mu: float = 0.0,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> RoundOutcome:
+    """``global_params`` (when given) are loaded first; the trainer already holds the model otherwise."""
+    if global_params is not None:
+        trainer.set_params(global_params)
+    before = trainer.evaluate(test)
+    started = time.time()
+    result = trainer.fit(
+        train, epochs=settings.epochs, batch_size=settings.batch_size, seed=seed, max_steps=settings.max_steps,
+        should_stop=should_stop, step=settings.step(fedprox_mu),
+    )
+    after = trainer.evaluate(test) if not result.aborted else {}
+    return RoundOutcome(before, after, result, time.time() - started)
+
+
+def headline(scores: Dict[str, object], names: Sequence[str]):
+    """``(name, value)`` of the first of ``names`` present in ``scores`` (NaN if none)."""
+    name = next((n for n in names if isinstance(scores.get(n), (int, float))), names[0])
+    return name, float(scores.get(name, float("nan")))
+
+
+def round_line(site: str, round_number: int, outcome: RoundOutcome, names: Sequence[str], upload: int) -> str:
+    """The one log line a site writes per round."""
+    (name, before), (_, after) = headline(outcome.before, names), headline(outcome.after, names)
+    return (
+        f"{site} round {round_number}: {outcome.result.steps} steps in {outcome.seconds:.1f}s, "
+        f"loss {outcome.result.mean_loss:.4f}, global {name} {before:.4f} -> local {name} {after:.4f}, "
+        f"upload {upload:,} bytes"
+    )
