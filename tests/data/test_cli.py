@@ -30,7 +30,19 @@ def test_make_clinical_and_check(tmp_path, capsys):
     assert f"wrote {tmp_path / 'site-2' / 'test.conll'}" in out and "lexicons:" in out
     code, out, _ = run(capsys, "data", "check", tmp_path / "site-1" / "train.conll")
     assert code == 0
-    assert "sentences: 300" in out and "entities: " in out and "Chemical" in out and "Disease" in out
+    assert "sentences: 360" in out and "entities: " in out and "Procedure" in out and "Dosage" in out
+
+
+def test_make_clinical_templates_style(tmp_path, capsys):
+    code, out, err = run(capsys, "data", "make", "clinical_ner", "--sites", "2", "--out", tmp_path, "--style",
+                         "templates")
+    assert code == 0 and err == "" and "style=templates" in out
+    code, out, _ = run(capsys, "data", "check", tmp_path / "site-1" / "train.conll")
+    assert code == 0 and "sentences: 300" in out and "Chemical" in out and "Procedure" not in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "make", "clinical_ner", "--out", str(tmp_path), "--style", "prose"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'prose'" in capsys.readouterr().err
 
 
 def test_make_fin_and_check(tmp_path, capsys):

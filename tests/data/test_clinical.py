@@ -3,13 +3,20 @@ from itertools import combinations
 
 import pytest
 
-from flaretune.data.clinical import make_clinical_dataset, make_hospital, site_index_from_name
+from functools import partial
+
+from flaretune.data import clinical
+from flaretune.data.clinical import site_index_from_name
 from flaretune.data.conll import entities, entity_spans, read_conll
 from flaretune.data.lexicon import DRUG_PACKAGE, load_lexicon
 from flaretune.data.pools import site_pools
 from flaretune.data.specialties import SPECIALTIES
 from flaretune.data.types import CLINICAL_LABELS
 from flaretune.errors import MissingAssetError
+
+# this file covers the tidy "templates" style; the default "notes" style is in test_clinical_notes.py
+make_hospital = partial(clinical.make_hospital, style="templates")
+make_clinical_dataset = partial(clinical.make_clinical_dataset, style="templates")
 
 
 @pytest.fixture(scope="module")

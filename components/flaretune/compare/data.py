@@ -19,10 +19,14 @@ class ComparisonData:
     description: str
 
 
-def prepare(out_dir, n_sites: int, seed: int, skew: float, train_file: Optional[str], test_file: Optional[str]):
+def prepare(
+    out_dir, n_sites: int, seed: int, skew: float, train_file: Optional[str], test_file: Optional[str],
+    style: str = "notes",
+):
+    """Write the comparison's site files under ``out_dir/data``; ``style`` picks the synthetic
+    generator ("notes" or "templates") and its label list when no files are given."""
     from flaretune.data.conll import discover_labels, read_conll, write_conll
     from flaretune.data.sites import site_name
-    from flaretune.data.types import CLINICAL_LABELS
 
     root = Path(out_dir) / "data"
     if bool(train_file) != bool(test_file):
@@ -42,15 +46,20 @@ def prepare(out_dir, n_sites: int, seed: int, skew: float, train_file: Optional[
             write_conll(test, root / name / "test.conll", header=f"copy of {test_file}")
         return ComparisonData(root, site_train, test, labels, f"{train_file} split over {n_sites} sites; test {test_file}")
 
-    from flaretune.data.clinical import make_clinical_dataset
+    from flaretune.data.clinical import STYLES, labels_for_style, make_clinical_dataset
 
-    make_clinical_dataset(root, n_sites=n_sites, seed=seed, skew=skew)
+    if style not in STYLES:
+        from flaretune.errors import ConfigError
+
+        raise ConfigError(f"Invalid synthetic style {style!r}; valid: {', '.join(STYLES)}")
+    make_clinical_dataset(root, n_sites=n_sites, seed=seed, skew=skew, style=style)
     test: List = []
     for index in range(n_sites):
         name = site_name(index)
         site_train[name] = read_conll(root / name / "train.conll")
         test.extend(read_conll(root / name / "test.conll"))
     return ComparisonData(
-        root, site_train, test, list(CLINICAL_LABELS),
-        f"{n_sites} synthetic hospitals (seed={seed}, skew={skew}); test = union of their held-out splits",
+        root, site_train, test, labels_for_style(style),
+        f"{n_sites} synthetic hospitals (style={style}, seed={seed}, skew={skew}); "
+        "test = union of their held-out splits",
     )

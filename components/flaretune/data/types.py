@@ -5,6 +5,9 @@ from typing import List
 
 # BC5CDR's two entity types in IOB2; the order is the model's label-id order.
 CLINICAL_LABELS = ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
+# The six types of the SYNTHETIC telegraphic notes (``clinical_notes``, style "notes"), IOB2.
+CLINICAL_NOTES_TYPES = ["Chemical", "Disease", "Procedure", "Anatomy", "Test", "Dosage"]
+CLINICAL_NOTES_LABELS = ["O"] + [f"{p}-{t}" for t in CLINICAL_NOTES_TYPES for p in ("B", "I")]
 
 # Financial PhraseBank's three classes (Malo et al., 2014).
 SENTIMENT_LABELS = ["positive", "negative", "neutral"]
