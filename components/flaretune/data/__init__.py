@@ -14,6 +14,7 @@ from flaretune.data.sites import site_index_from_name, site_name
 from flaretune.data.splits import dirichlet_label_split, split_by_entity_mix
 from flaretune.data.types import (
     CLINICAL_LABELS,
+    CLINICAL_NOTES_LABELS,
     SENTIMENT_INSTRUCTION,
     SENTIMENT_LABELS,
     Example,
@@ -22,7 +23,7 @@ from flaretune.data.types import (
 )
 
 __all__ = [
-    "CLINICAL_LABELS", "SENTIMENT_INSTRUCTION", "SENTIMENT_LABELS", "Example", "Phrase", "Sentence",
+    "CLINICAL_LABELS", "CLINICAL_NOTES_LABELS", "SENTIMENT_INSTRUCTION", "SENTIMENT_LABELS", "Example", "Phrase", "Sentence",
     "discover_labels", "dirichlet_label_split", "entity_types", "make_bank", "make_clinical_dataset",
     "make_fin_dataset", "make_hospital", "read_conll", "read_instructions", "read_phrasebank",
     "site_index_from_name", "site_name", "split_by_entity_mix", "write_conll", "write_instructions",
