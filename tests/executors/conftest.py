@@ -13,7 +13,7 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
-from flaretune.aggregation.persistor import SPEC_META_KEY
+from flaretune.keys import MODEL_SPEC as SPEC_META_KEY
 from flaretune.models.lora import PeftSpec, adapter_state
 
 

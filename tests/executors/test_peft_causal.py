@@ -10,7 +10,7 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.fl_model import ParamsType
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
-from flaretune.aggregation.controller import NUM_EXAMPLES_KEY
+from flaretune.keys import NUM_EXAMPLES as NUM_EXAMPLES_KEY
 from flaretune.errors import ConfigError
 from flaretune.executors.base import PeftExecutor
 from flaretune.executors.peft_causal import PeftCausalLMExecutor
@@ -92,7 +92,7 @@ def test_unknown_task_and_missing_spec_are_refused(signal):
     ex = executor()
     assert ex.execute("evaluate", Shareable(), make_ctx(), signal).get_return_code() == ReturnCode.TASK_UNKNOWN
     bare = make_task(SPEC)
-    from flaretune.aggregation.persistor import SPEC_META_KEY
+    from flaretune.keys import MODEL_SPEC as SPEC_META_KEY
 
     model = FLModelUtils.from_shareable(bare)
     model.meta.pop(SPEC_META_KEY)

@@ -6,14 +6,14 @@ from nvflare.apis.fl_constant import ReturnCode
 from nvflare.app_common.abstract.fl_model import ParamsType
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
-from flaretune.aggregation.controller import NUM_EXAMPLES_KEY
-from flaretune.data.types import CLINICAL_LABELS
+from flaretune.keys import NUM_EXAMPLES as NUM_EXAMPLES_KEY
+from flaretune.data.types import CLINICAL_NOTES_LABELS
 from flaretune.executors.peft_train import PeftTrainExecutor
 from flaretune.models.lora import PeftSpec
 
 from .conftest import AbortAfter, make_ctx, make_task, params_of
 
-SPEC = PeftSpec(model_name="tiny-minilm-ner", labels=CLINICAL_LABELS, lora_r=4)
+SPEC = PeftSpec(model_name="tiny-minilm-ner", labels=CLINICAL_NOTES_LABELS, lora_r=4)
 
 
 def test_train_validate_submit(signal):

@@ -34,8 +34,9 @@ def test_rounds_are_aggregated_and_persisted(simulated):
     history = json.loads((simulated / "global_model" / "history.json").read_text())
     assert [r["round"] for r in history["rounds"]] == [0, 1]
     for record in history["rounds"]:
-        assert sorted(record["clients"]) == ["site-1", "site-2", "site-3"]
-        for client in record["clients"].values():
+        assert sorted(record["sites"]) == ["site-1", "site-2", "site-3"]
+        assert record["rejected"] == {} and record["missing"] == []
+        for client in record["sites"].values():
             assert client["num_examples"] > 0
             assert 0.0 <= client["metrics"]["local_f1"] <= 1.0
             assert "global_f1_Chemical" in client["metrics"] or "global_f1_Disease" in client["metrics"]
@@ -45,13 +46,26 @@ def test_rounds_are_aggregated_and_persisted(simulated):
     assert (simulated / "global_model" / "round-001.safetensors").exists()
 
 
+def test_the_last_round_is_checkpointed(simulated):
+    from safetensors.numpy import load_file
+
+    state = json.loads((simulated / "checkpoint" / "state.json").read_text())
+    assert state["round"] == 1 and state["strategy"]["meta"]["name"] == "fedavg"
+    assert [r["round"] for r in state["history"]["rounds"]] == [0, 1]
+    saved = load_file(str(simulated / "checkpoint" / state["global_model"]["file"]))
+    published = load_file(str(simulated / "global_model" / "round-001.safetensors"))
+    assert saved.keys() == published.keys() and all((saved[k] == published[k]).all() for k in saved)
+    assert sorted(p.name for p in (simulated / "checkpoint").iterdir()) == [
+        "global-001.safetensors", "state.json", "strategy-001.safetensors"]
+
+
 def test_only_adapter_tensors_travel(simulated):
     from safetensors.numpy import load_file
 
     tensors = load_file(str(simulated / "global_model" / "round-001.safetensors"))
     assert all("lora_" in name or "classifier" in name for name in tensors)
     history = json.loads((simulated / "global_model" / "history.json").read_text())
-    upload = history["rounds"][0]["clients"]["site-1"]["upload_param_bytes"]
+    upload = history["rounds"][0]["sites"]["site-1"]["upload_param_bytes"]
     assert upload == sum(t.nbytes for t in tensors.values())
 
 

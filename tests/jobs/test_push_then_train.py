@@ -9,12 +9,12 @@ pytestmark = pytest.mark.integration
 
 
 def test_clinical_ner_trains_on_the_pushed_base_model(tmp_path, small_hospitals, tiny_clinical_job):
-    from flaretune.data.types import CLINICAL_LABELS
+    from flaretune.data.types import CLINICAL_NOTES_LABELS
     from flaretune.models.base import load_base_model, load_tokenizer
     from flaretune.simulate import run_simulator
 
     base = tmp_path / "base"  # e.g. a merged model from an earlier job; here a seeded tiny MiniLM
-    load_base_model("tiny-minilm-ner", labels=CLINICAL_LABELS, seed=7).save_pretrained(str(base))
+    load_base_model("tiny-minilm-ner", labels=CLINICAL_NOTES_LABELS, seed=7).save_pretrained(str(base))
     load_tokenizer("tiny-minilm-ner").save_pretrained(str(base))
     folder = JobFolder(tiny_clinical_job(tmp_path / "job0", small_hospitals, rounds=1, num_threads=1))
     folder.add_model_push(str(base), chunk_mb=0.25)

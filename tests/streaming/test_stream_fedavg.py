@@ -13,10 +13,10 @@ JOB = Path(__file__).parent / "jobs" / "streamed_fedavg"
 
 
 def _initial_model(folder: Path) -> Path:
-    from flaretune.data.types import CLINICAL_LABELS
+    from flaretune.data.types import CLINICAL_NOTES_LABELS
     from flaretune.models.base import load_base_model, load_tokenizer
 
-    model = load_base_model("tiny-minilm-ner", labels=CLINICAL_LABELS, seed=0)
+    model = load_base_model("tiny-minilm-ner", labels=CLINICAL_NOTES_LABELS, seed=0)
     model.save_pretrained(str(folder), safe_serialization=True)
     load_tokenizer("tiny-minilm-ner").save_pretrained(str(folder))
     return folder

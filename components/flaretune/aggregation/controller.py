@@ -1,11 +1,12 @@
-"""FLARE controller: FedAvg / FedProx / FedOpt rounds over adapter tensors.
+"""FLARE controller: FedAvg / FedProx / FedOpt rounds over adapter tensors held in memory.
 
-The workflow is FedAvg's (McMahan et al., 2017); which server step runs is a string name (see
-:mod:`flaretune.aggregation.ops`), so a job picks ``"aggregator": "fedadam"`` in JSON.
+The round loop is :func:`flaretune.aggregation.rounds.run_rounds`, shared with the streamed full-model
+workflow; which server step runs is a string name (:mod:`flaretune.aggregation.strategy`), so a job picks
+``"aggregator": "fedadam"`` in JSON. Every result is validated before it is aggregated, and the server
+checkpoints after every round (``checkpoint/`` in the run folder); ``resume_from`` continues a job from
+such a folder.
 """
 
-import json
-import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -14,20 +15,25 @@ import numpy as np
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
 
-from flaretune.aggregation.ops import apply_diffs, make_server_optimizer, weighted_mean
-from flaretune.aggregation.persistor import FINAL_META_KEY, GLOBAL_MODEL_DIR, ROUND_META_KEY, SPEC_META_KEY
-from flaretune.errors import ConfigError
+from flaretune import keys
+from flaretune.aggregation.checkpoint import Checkpoint
+from flaretune.aggregation.persistor import GLOBAL_MODEL_DIR, round_file
+from flaretune.aggregation.rounds import (
+    HISTORY_FILE, MemoryStore, RoundDriver, RoundSettings, SiteResult, run_rounds, summary, write_history,
+)
+from flaretune.aggregation.strategy import make_strategy, strategy_kwargs
+from flaretune.aggregation.validation import ValidationPolicy
+from flaretune.errors import ConfigError, FlaretuneError
+from flaretune.paths import resolve_under
 
-NUM_EXAMPLES_KEY = "num_examples"
-FEDPROX_MU_KEY = "fedprox_mu"
-HISTORY_FILE = "history.json"
+CHECKPOINT_DIR = "checkpoint"
 
 
-class FedAggController(ModelController):
-    """Rounds of train → aggregate → persist, then one ``validate`` of the final model on every site.
+class FedAggController(ModelController, RoundDriver):
+    """Rounds of train → validate → aggregate → persist → checkpoint, then one ``validate`` of the final model.
 
-    Each result is weighted by the site's training example count (``meta["num_examples"]``).
-    Results may carry full weights or weight differences (``ParamsType.DIFF``).
+    Each result is weighted by the site's training example count (``meta["num_examples"]``). Results may
+    carry full weights or weight differences (``ParamsType.DIFF``).
     """
 
     def __init__(
@@ -45,7 +51,22 @@ class FedAggController(ModelController):
         final_validation: bool = True,
         train_timeout: int = 0,
         persistor_id: str = "persistor",
+        max_num_examples: float = 1_000_000,
+        norm_outlier_factor: float = 10.0,
+        seed: int = 0,
+        resume_from: str = "",
     ):
+        """
+        Args:
+            num_rounds: rounds in total (a resumed job counts the rounds it already completed).
+            aggregator: fedavg, fedprox, fedavgm, fedadagrad, fedadam or fedyogi; server_lr, beta1, beta2,
+                tau go to the FedOpt ones, fedprox_mu to fedprox (and to every site as its proximal weight).
+            min_clients: accepted results a round needs (0: one); 0 also means every site must answer.
+            max_num_examples / norm_outlier_factor: result validation (see flaretune.aggregation.validation).
+            seed: seed of the client-sampling RNG (checkpointed with the rest).
+            resume_from: a ``checkpoint`` folder of an earlier run of this job (absolute, or relative to the
+                server's workspace root); the job continues after its last completed round.
+        """
         super().__init__(persistor_id=persistor_id)
         self.num_rounds = num_rounds
         self.aggregator = aggregator
@@ -59,107 +80,118 @@ class FedAggController(ModelController):
         self.validate_task_name = validate_task_name
         self.final_validation = final_validation
         self.train_timeout = train_timeout
+        self.max_num_examples = max_num_examples
+        self.norm_outlier_factor = norm_outlier_factor
+        self.seed = seed
+        self.resume_from = resume_from
         if num_rounds < 1:
             raise ConfigError(f"num_rounds must be >= 1, got {num_rounds}")
         if fedprox_mu < 0:
             raise ConfigError(f"fedprox_mu must be >= 0, got {fedprox_mu}")
-        if aggregator == "fedprox" and fedprox_mu == 0:
-            raise ConfigError("aggregator 'fedprox' needs fedprox_mu > 0 (e.g. 0.01)")
         # validates the name and arguments at job start
-        self._optimizer = make_server_optimizer(aggregator, server_lr=server_lr, beta1=beta1, beta2=beta2, tau=tau)
+        self._strategy = make_strategy(
+            aggregator,
+            policy=ValidationPolicy(max_num_examples=max_num_examples, norm_outlier_factor=norm_outlier_factor),
+            **strategy_kwargs(aggregator, server_lr=server_lr, beta1=beta1, beta2=beta2, tau=tau, fedprox_mu=fedprox_mu),
+        )
+        self._store = MemoryStore()
+        self._base_meta: dict = {}
+        self._snapshot = None
 
-    def _history_path(self) -> Path:
-        folder = Path(self.get_run_dir()) / GLOBAL_MODEL_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / HISTORY_FILE
+    # -- RoundDriver ------------------------------------------------------------------------------
+    def available_clients(self) -> List[str]:
+        return sorted(c.name for c in self.engine.get_clients())
 
+    def train(self, round_number, sites, global_model, meta) -> Dict[str, SiteResult]:
+        task_model = FLModel(
+            params_type=ParamsType.FULL, params=global_model, current_round=round_number,
+            total_rounds=self.num_rounds, meta={**self._base_meta, **meta},
+        )
+        replies = self.send_model_and_wait(
+            task_name=self.train_task_name, data=task_model, targets=sites,
+            min_responses=self.min_clients or None, timeout=self.train_timeout,
+        )
+        return {_client_name(reply): self._site_result(global_model, reply) for reply in replies}
+
+    def publish(self, global_model, round_number, final) -> str:
+        meta = {**self._base_meta, keys.ROUND: round_number, keys.FINAL: final}
+        self.save_model(FLModel(params_type=ParamsType.FULL, params=global_model, meta=meta))
+        return str(round_file(self._global_dir(), round_number))
+
+    def aborted(self) -> bool:
+        return self.abort_signal.triggered
+
+    def warn(self, message: str) -> None:
+        self.warning(message)
+
+    def fail(self, message: str) -> None:
+        self.panic(message)
+
+    # -- FLARE ------------------------------------------------------------------------------------
     def run(self):
         model = self.load_model()
         if model is None:
             return
-        base_meta = dict(model.meta or {})
-        if SPEC_META_KEY not in base_meta:
+        self._base_meta = dict(model.meta or {})
+        if keys.MODEL_SPEC not in self._base_meta:
             self.panic("the persistor must be a flaretune PeftAdapterPersistor (no model spec in its meta)")
             return
         global_params = {k: np.asarray(v) for k, v in model.params.items()}
-        history: Dict[str, object] = {"aggregator": self.aggregator, "rounds": [], "final": None}
-        min_responses = self.min_clients or None
-        for round_number in range(self.num_rounds):
-            if self.abort_signal.triggered:
-                self.info("abort requested: stopping before round %d" % round_number)
-                return
-            started = time.time()
-            self.info(f"round {round_number + 1}/{self.num_rounds}: sending the global adapter")
-            task_model = FLModel(
-                params_type=ParamsType.FULL,
-                params=global_params,
-                current_round=round_number,
-                total_rounds=self.num_rounds,
-                meta={**base_meta, FEDPROX_MU_KEY: self.fedprox_mu},
+        run_dir = Path(self.get_run_dir())
+        try:
+            resume = self._resume_state()
+            global_params, history = run_rounds(
+                self, self._store, self._strategy, RoundSettings(self.num_rounds, self.min_clients, self.seed),
+                global_params, self._global_dir() / HISTORY_FILE, Checkpoint(run_dir / CHECKPOINT_DIR), resume,
             )
-            results = self.send_model_and_wait(
-                task_name=self.train_task_name, data=task_model, min_responses=min_responses, timeout=self.train_timeout
-            )
-            if not results:
-                self.panic(f"round {round_number}: no client returned a result")
-                return
-            global_params = self._aggregate(global_params, results)
-            record = {
-                "round": round_number,
-                "seconds": round(time.time() - started, 2),
-                "clients": {self._client_name(r): self._client_record(r) for r in results},
-            }
-            history["rounds"].append(record)
-            self.info(
-                f"round {round_number + 1}/{self.num_rounds} done in {record['seconds']:.0f}s; "
-                f"after local training: {self._summary(record)}"
-            )
-            self._save(global_params, base_meta, round_number, final=round_number == self.num_rounds - 1)
-            self._history_path().write_text(json.dumps(history, indent=2))
+        except FlaretuneError as err:
+            self.panic(str(err))
+            return
+        if global_params is None or not self.final_validation or self.abort_signal.triggered:
+            return
+        final_model = FLModel(params_type=ParamsType.FULL, params=global_params, meta=dict(self._base_meta))
+        results = self.send_model_and_wait(task_name=self.validate_task_name, data=final_model)
+        history["final"] = {_client_name(r): r.metrics or {} for r in results}
+        self.info(f"final global model on each site's test split: {summary(history['final'])}")
+        write_history(self._global_dir() / HISTORY_FILE, history)
 
-        if self.final_validation and not self.abort_signal.triggered:
-            final_model = FLModel(params_type=ParamsType.FULL, params=global_params, meta=dict(base_meta))
-            results = self.send_model_and_wait(task_name=self.validate_task_name, data=final_model)
-            history["final"] = {self._client_name(r): r.metrics or {} for r in results}
-            self.info(f"final global model on each site's test split: {self._summary({'clients': history['final']})}")
-            self._history_path().write_text(json.dumps(history, indent=2))
+    def _resume_state(self):
+        """The checkpoint to continue from: FLARE's job snapshot when it restored one, else ``resume_from``."""
+        if self._snapshot is not None:
+            return self._snapshot
+        if not self.resume_from:
+            return None
+        folder = resolve_under(self.engine.get_workspace().get_root_dir(), self.resume_from)
+        checkpoint = Checkpoint(folder)
+        if not checkpoint.exists():
+            raise ConfigError(f"resume_from {str(folder)!r} holds no checkpoint (no state.json)")
+        return checkpoint.load(self._store)
 
-    def _aggregate(self, global_params, results: List[FLModel]):
-        updates = []
-        for result in results:
-            weight = float((result.meta or {}).get(NUM_EXAMPLES_KEY, 1))
-            params = {k: np.asarray(v, dtype=np.float32) for k, v in result.params.items()}
-            updates.append((params, weight, result.params_type))
-        diffs = [(p, w) for p, w, kind in updates if kind == ParamsType.DIFF]
-        fulls = [(p, w) for p, w, kind in updates if kind != ParamsType.DIFF]
-        if diffs and fulls:
-            raise ConfigError("clients mixed full weights and weight differences in one round; set send_diff alike")
-        mean = apply_diffs(global_params, diffs) if diffs else weighted_mean(fulls)
-        return self._optimizer.step(global_params, mean)
+    def get_persist_state(self, fl_ctx) -> dict:
+        """For FLARE's job snapshot (where the server keeps one): the checkpoint folder to resume from."""
+        return {"checkpoint": str(Path(self.get_run_dir()) / CHECKPOINT_DIR)}
 
-    def _save(self, params, base_meta, round_number: int, final: bool):
-        meta = {**base_meta, ROUND_META_KEY: round_number, FINAL_META_KEY: final}
-        self.save_model(FLModel(params_type=ParamsType.FULL, params=params, meta=meta))
+    def restore(self, state_data: dict, fl_ctx) -> None:
+        folder = (state_data or {}).get("checkpoint")
+        if folder and Checkpoint(folder).exists():
+            self._snapshot = Checkpoint(folder).load(self._store)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _global_dir(self) -> Path:
+        folder = Path(self.get_run_dir()) / GLOBAL_MODEL_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     @staticmethod
-    def _client_name(result: FLModel) -> str:
-        return str((result.meta or {}).get("client_name", "unknown"))
+    def _site_result(global_model, reply: FLModel) -> SiteResult:
+        """The site's full parameters (a DIFF result is added to the global model it was trained from)."""
+        meta = reply.meta or {}
+        params = {k: np.asarray(v) for k, v in (reply.params or {}).items()}
+        if reply.params_type == ParamsType.DIFF:  # validation then names what does not fit the global model
+            params = {k: np.asarray(global_model[k]) + v if k in global_model and v.shape == np.shape(global_model[k])
+                      else v for k, v in params.items()}
+        return SiteResult(params, meta.get(keys.NUM_EXAMPLES), reply.metrics or {}, meta.get(keys.UPLOAD_BYTES))
 
-    @staticmethod
-    def _client_record(result: FLModel) -> dict:
-        meta = result.meta or {}
-        return {
-            NUM_EXAMPLES_KEY: meta.get(NUM_EXAMPLES_KEY),
-            "metrics": result.metrics or {},
-            "upload_param_bytes": meta.get("upload_param_bytes"),
-        }
 
-    @staticmethod
-    def _summary(record, keys=("local_f1", "local_accuracy", "f1", "accuracy")) -> str:
-        """``site-1 f1 0.912, site-2 f1 0.874``: each site's headline score on its own test split."""
-        parts = []
-        for name, value in sorted(record["clients"].items()):
-            metrics = value.get("metrics", value)
-            key = next((k for k in keys if isinstance(metrics.get(k), (int, float))), None)
-            parts.append(f"{name} {key.split('_')[-1]} {metrics[key]:.3f}" if key else name)
-        return ", ".join(parts)
+def _client_name(result: FLModel) -> str:
+    return str((result.meta or {}).get("client_name", "unknown"))

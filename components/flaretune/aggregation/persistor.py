@@ -11,11 +11,9 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model import ModelLearnable, make_model_learnable
 from nvflare.app_common.abstract.model_persistor import ModelPersistor
 
+from flaretune import keys
 from flaretune.models.lora import PeftSpec
 
-SPEC_META_KEY = "flaretune_spec"
-ROUND_META_KEY = "flaretune_round"
-FINAL_META_KEY = "flaretune_final"
 GLOBAL_MODEL_DIR = "global_model"
 ADAPTER_DIR = "adapter"
 
@@ -82,7 +80,7 @@ class PeftAdapterPersistor(ModelPersistor):
             f"initial adapter for {self.model_name}: {len(weights)} tensors, {n_trainable:,} trainable of "
             f"{n_total:,} parameters ({100.0 * n_trainable / n_total:.2f}%)",
         )
-        return make_model_learnable(weights, {SPEC_META_KEY: self.spec.to_dict(), "full_model_params": n_total})
+        return make_model_learnable(weights, {keys.MODEL_SPEC: self.spec.to_dict(), "full_model_params": n_total})
 
     def save_model(self, model_learnable: ModelLearnable, fl_ctx: FLContext):
         from safetensors.numpy import save_file
@@ -90,13 +88,13 @@ class PeftAdapterPersistor(ModelPersistor):
         folder = self._folder(fl_ctx)
         weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in model_learnable["weights"].items()}
         meta = model_learnable.get("meta") or {}
-        round_number = int(meta.get(ROUND_META_KEY, 0))
+        round_number = int(meta.get(keys.ROUND, 0))
         target = round_file(folder, round_number)
         tmp = target.with_suffix(".tmp")
         save_file(weights, str(tmp))
         os.replace(tmp, target)
         self.log_info(fl_ctx, f"saved global adapter of round {round_number} to {target}")
-        if meta.get(FINAL_META_KEY):
+        if meta.get(keys.FINAL):
             from flaretune.models.lora import save_adapter_folder
 
             out = save_adapter_folder(self.spec, weights, folder / ADAPTER_DIR)
