@@ -87,7 +87,8 @@ class Strategy(ABC):
         mean = weighted_mean(updates)
         new_params = self.server_update(global_params, mean)
         self.step += 1
-        return {name: value.astype(np.asarray(global_params[name]).dtype, copy=False) for name, value in new_params.items()}
+        return {name: value.astype(np.asarray(global_params[name]).dtype, copy=False)
+                for name, value in new_params.items()}
 
     @abstractmethod
     def server_update(self, global_params: Params, mean: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

@@ -119,7 +119,9 @@ def update_norm(global_params: "Params", params: "Params") -> float:
     return math.sqrt(total)
 
 
-def norm_outliers(global_params: "Params", results: Mapping[str, Tuple["Params", float]], factor: float) -> Dict[str, str]:
+def norm_outliers(
+    global_params: "Params", results: Mapping[str, Tuple["Params", float]], factor: float
+) -> Dict[str, str]:
     """{site: reason} for each result whose update norm exceeds ``factor`` × the round's median norm.
 
     ``results`` must already have passed :func:`check_result`. See the module docstring for the rule.
