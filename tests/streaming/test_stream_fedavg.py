@@ -44,7 +44,8 @@ def test_full_models_are_pushed_trained_streamed_back_and_averaged(tmp_path):
 
     history = json.loads((run_dir / "global_model" / "history.json").read_text())
     assert "error" not in history, history.get("error")
-    assert [r["round"] for r in history["rounds"]] == [1, 2]
+    assert [r["round"] for r in history["rounds"]] == [0, 1]
+    assert history["strategy"] == "fedavg" and all(r["rejected"] == {} for r in history["rounds"])
     last = history["rounds"][-1]
     assert sorted(last["sites"]) == ["site-1", "site-2"]
     assert last["model_bytes"] > 1_000_000  # the whole model went out, in about a dozen chunks of 0.5 MiB
@@ -53,7 +54,7 @@ def test_full_models_are_pushed_trained_streamed_back_and_averaged(tmp_path):
     updates = {site: load_state_dict(Path(info["update"])) for site, info in last["sites"].items()}
     weights = {site: info["num_examples"] for site, info in last["sites"].items()}
     assert all(w > 0 for w in weights.values())
-    final = load_state_dict(run_dir / "global_model" / "round-2")
+    final = load_state_dict(run_dir / "global_model" / "round-001")
     initial_state = load_state_dict(initial)
     name = "bert.encoder.layer.0.attention.self.query.weight"
     expected = sum(updates[s][name] * w for s, w in weights.items()) / sum(weights.values())
@@ -64,7 +65,7 @@ def test_full_models_are_pushed_trained_streamed_back_and_averaged(tmp_path):
     # the result loads as a model, with config and tokenizer copied alongside
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    AutoModelForTokenClassification.from_pretrained(str(run_dir / "global_model" / "round-2"))
-    AutoTokenizer.from_pretrained(str(run_dir / "global_model" / "round-2"))
+    AutoModelForTokenClassification.from_pretrained(str(run_dir / "global_model" / "round-001"))
+    AutoTokenizer.from_pretrained(str(run_dir / "global_model" / "round-001"))
     # sites keep no pushed copies once they have trained on them
     assert not list((tmp_path / "ws").glob("**/models/ner-round-*/*.safetensors"))

@@ -105,7 +105,7 @@ class FedAggController(ModelController, RoundDriver):
     def train(self, round_number, sites, global_model, meta) -> Dict[str, SiteResult]:
         task_model = FLModel(
             params_type=ParamsType.FULL, params=global_model, current_round=round_number,
-            total_rounds=self.num_rounds, meta={**self._base_meta, **meta},
+            total_rounds=self.num_rounds, meta={**self._base_meta, keys.FEDPROX_MU: self.fedprox_mu, **meta},
         )
         replies = self.send_model_and_wait(
             task_name=self.train_task_name, data=task_model, targets=sites,

@@ -43,6 +43,13 @@ class SiteResult:
     metrics: dict = field(default_factory=dict)
     upload_bytes: Optional[int] = None
 
+    def record(self) -> dict:
+        """The site's entry in ``history.json`` (an update kept on disk is named by its folder)."""
+        entry = {"num_examples": self.num_examples, "metrics": self.metrics, "upload_param_bytes": self.upload_bytes}
+        if isinstance(self.update, (str, Path)):
+            entry["update"] = str(self.update)
+        return entry
+
 
 class UpdateStore(ABC):
     """Where the global model and the sites' updates live, and how a round is validated and aggregated there."""
@@ -207,8 +214,7 @@ def run_rounds(
             "round": r,
             "seconds": round(time.time() - started, 2),
             "global_model": location,
-            "sites": {site: {"num_examples": results[site].num_examples, "metrics": results[site].metrics,
-                             "upload_param_bytes": results[site].upload_bytes} for site in accepted},
+            "sites": {site: results[site].record() for site in accepted},
             "rejected": rejected,
             "missing": missing,
             **driver.round_info(),

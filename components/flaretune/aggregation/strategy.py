@@ -22,7 +22,7 @@ import inspect
 import math
 import numbers
 from abc import ABC, abstractmethod
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type
 
 import numpy as np
 
@@ -84,11 +84,20 @@ class Strategy(ABC):
 
     def aggregate(self, global_params: Params, updates: Sequence[Tuple[Params, float]]) -> Params:
         """New global parameters from ``(full client params, weight)`` pairs, in the global dtypes."""
-        mean = weighted_mean(updates)
-        new_params = self.server_update(global_params, mean)
+        return list(self.aggregate_in_parts([(global_params, updates)]))[0]
+
+    def aggregate_in_parts(self, parts: Iterable[Tuple[Params, Sequence[Tuple[Params, float]]]]) -> Iterator[Params]:
+        """:meth:`aggregate` over a model in pieces (e.g. one tensor at a time from folders on disk).
+
+        Each part is ``(global tensors, [(the same tensors of each client, weight)])``; every server update is
+        per tensor, so the pieces give exactly what one call on the whole model gives, and the strategy counts
+        one step once the last part is consumed.
+        """
+        for global_part, updates in parts:
+            new_params = self.server_update(global_part, weighted_mean(updates))
+            yield {name: value.astype(np.asarray(global_part[name]).dtype, copy=False)
+                   for name, value in new_params.items()}
         self.step += 1
-        return {name: value.astype(np.asarray(global_params[name]).dtype, copy=False)
-                for name, value in new_params.items()}
 
     @abstractmethod
     def server_update(self, global_params: Params, mean: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

@@ -119,16 +119,20 @@ def update_norm(global_params: "Params", params: "Params") -> float:
     return math.sqrt(total)
 
 
-def norm_outliers(
-    global_params: "Params", results: Mapping[str, Tuple["Params", float]], factor: float
-) -> Dict[str, str]:
+def norm_outliers(global_params: "Params", results: Mapping[str, Tuple["Params", float]], factor: float) -> Dict[str, str]:
     """{site: reason} for each result whose update norm exceeds ``factor`` × the round's median norm.
 
     ``results`` must already have passed :func:`check_result`. See the module docstring for the rule.
     """
     if factor == 0 or len(results) < MIN_RESULTS_FOR_NORM:
         return {}
-    norms = {site: update_norm(global_params, params) for site, (params, _) in results.items()}
+    return outliers_by_norm({site: update_norm(global_params, params) for site, (params, _) in results.items()}, factor)
+
+
+def outliers_by_norm(norms: Mapping[str, float], factor: float) -> Dict[str, str]:
+    """The rule of :func:`norm_outliers` on update norms already computed (e.g. tensor by tensor from disk)."""
+    if factor == 0 or len(norms) < MIN_RESULTS_FOR_NORM:
+        return {}
     median = float(np.median(list(norms.values())))
     if median == 0:
         return {}
