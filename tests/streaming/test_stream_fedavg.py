@@ -9,7 +9,7 @@ import torch
 
 from flaretune.streaming.state_dict import load_state_dict
 
-JOB = Path(__file__).parent / "jobs" / "streamed_fedavg"
+JOB = Path(__file__).resolve().parents[2] / "jobs" / "streamed_fedavg"
 
 
 def _initial_model(folder: Path) -> Path:

@@ -11,7 +11,7 @@ from flaretune.simulate import simulate
 from flaretune.streaming.chunks import file_sha256
 from flaretune.streaming.state_dict import write_synthetic_model
 
-JOB = Path(__file__).parent / "jobs" / "model_push"
+JOB = Path(__file__).resolve().parents[2] / "jobs" / "model_push"
 SITES = ("site-1", "site-2")
 
 
