@@ -8,6 +8,7 @@ def _run(args) -> int:
     report = compare(
         args.job_dir, args.out, sites=args.sites, rounds=args.rounds, seed=args.seed, skew=args.skew,
         train_file=args.train, test_file=args.test, quantize=args.quantize, model=args.model,
+        style=args.style,
     )
     print("\n".join(summary_lines(report)))
     print(f"wrote {args.out}/report.json and {args.out}/report.png")
@@ -26,5 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("--skew", type=float, default=0.8, help="non-IID strength in [0, 1] (default 0.8)")
     parser.add_argument("--quantize", help="quantize both directions: none, float16, bfloat16, blockwise8, nf4, fp4 "
                         "(default: as the job folder says)")
+    parser.add_argument("--style", default="notes", choices=["notes", "templates"],
+                        help="synthetic hospitals: realistic telegraphic notes (default) or the easy templates")
     parser.add_argument("--model", help="override the base model (e.g. tiny-minilm-ner for a quick check)")
     parser.set_defaults(func=_run)

@@ -20,6 +20,7 @@ def summary_lines(report: dict) -> list:
         f"({share:.2f}% of the {report['full_model_bytes']:,}-byte fp32 model; quantization {report['quantization']})",
         f"wall time {report['wall_s']:.0f}s",
     ]
+    lines += [f"WARNING {line}" for line in report.get("collapse", [])]
     return lines
 
 

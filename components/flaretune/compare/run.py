@@ -57,15 +57,28 @@ def _fit_and_score(spec, train_sentences, test_encoded, hp, label: str) -> dict:
 
     started = time.time()
     trainer.fit(encoded, epochs=total_epochs, learning_rate=hp["lr"], batch_size=hp["batch_size"], seed=hp["seed"],
-                on_step=on_step)
+                on_step=on_step, warmup_ratio=hp["warmup_ratio"], schedule=hp["schedule"])
     scores = trainer.evaluate(test_encoded)
     _say(f"  {label}: {len(train_sentences)} sentences × {total_epochs:g} epochs in {time.time() - started:.0f}s "
-         f"-> test F1 {scores['f1']:.4f}")
+         f"-> test F1 {scores['f1']:.4f} ({scores['n_predicted']} entities predicted, {scores['n_gold']} gold)")
+    _warn_collapse(label, scores)
     return scores
 
 
+def _warn_collapse(label: str, scores: dict) -> None:
+    if scores.get("collapse"):
+        _say(f"  WARNING {label}: {scores['collapse']}")
+
+
+def _setting(scores: dict) -> dict:
+    """What report.json keeps of one setting's test scores."""
+    return {"test": scores["f1"], "per_type": _per_type(scores), "n_predicted": scores["n_predicted"],
+            "n_gold": scores["n_gold"], "collapse": scores.get("collapse")}
+
+
 def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed: int = 0, skew: float = 0.8,
-            train_file=None, test_file=None, quantize: Optional[str] = None, model: Optional[str] = None) -> dict:
+            train_file=None, test_file=None, quantize: Optional[str] = None, model: Optional[str] = None,
+            style: str = "notes") -> dict:
     from safetensors.numpy import load_file
 
     from flaretune.simulate import run_simulator
@@ -78,7 +91,7 @@ def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed
     job = JobFolder(job_dir)
     rounds = rounds or job.num_rounds
     _say(f"[1/5] data: preparing {sites} sites under {out / 'data'}")
-    data = prepare(out, sites, seed, skew, train_file, test_file)
+    data = prepare(out, sites, seed, skew, train_file, test_file, style=style)
     _say(f"  {data.description}")
     for name, part in data.site_train.items():
         _say(f"  {name}: {len(part)} training sentences")
@@ -88,7 +101,8 @@ def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed
     ex = job.executor_args
     epochs_per_round = float(ex.get("local_epochs", 1))
     hp = {"lr": float(ex.get("learning_rate", 1e-3)), "batch_size": int(ex.get("batch_size", 16)),
-          "max_length": int(ex.get("max_length", 64)), "seed": seed, "epochs": rounds * epochs_per_round}
+          "max_length": int(ex.get("max_length", 64)), "seed": seed, "epochs": rounds * epochs_per_round,
+          "warmup_ratio": float(ex.get("warmup_ratio", 0.0)), "schedule": str(ex.get("lr_schedule", "constant"))}
 
     # -- federated ------------------------------------------------------------------------------
     job.set_rounds(rounds)
@@ -115,7 +129,9 @@ def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed
         evaluator.set_params(load_file(str(global_dir / f"round-{round_number:03d}.safetensors")))
         per_round.append(evaluator.evaluate(test_encoded)["f1"])
     fed_scores = evaluator.evaluate(test_encoded)
-    _say(f"  federated: {fed_seconds:.0f}s, test F1 per round {', '.join(f'{f:.3f}' for f in per_round)}")
+    _say(f"  federated: {fed_seconds:.0f}s, test F1 per round {', '.join(f'{f:.3f}' for f in per_round)} "
+         f"({fed_scores['n_predicted']} entities predicted, {fed_scores['n_gold']} gold)")
+    _warn_collapse("federated", fed_scores)
     adapter = evaluator.get_params()
     wire = update_wire_bytes({k: v.numpy() for k, v in adapter.items()}, quantization)
     full_bytes = 4 * sum(p.numel() for p in evaluator.model.parameters())
@@ -133,10 +149,11 @@ def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed
     report = {
         "scenario": "clinical_ner",
         "metric": "entity_f1",
-        "federated": {"test": fed_scores["f1"], "per_round": per_round, "per_type": _per_type(fed_scores),
-                      "seconds": round(fed_seconds, 1)},
-        "centralized": {"test": central["f1"], "per_type": _per_type(central)},
-        "local_only": {"per_site": {n: s["f1"] for n, s in local.items()}, "mean": local_mean},
+        "federated": {**_setting(fed_scores), "per_round": per_round, "seconds": round(fed_seconds, 1)},
+        "centralized": _setting(central),
+        "local_only": {"per_site": {n: s["f1"] for n, s in local.items()}, "mean": local_mean,
+                       "sites": {n: _setting(s) for n, s in local.items()}},
+        "collapse": [f"{name}: {text}" for name, text in _collapses(fed_scores, central, local)],
         "bytes_per_round_per_client": wire,
         "full_model_bytes": full_bytes,
         "rounds": rounds,
@@ -152,6 +169,11 @@ def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed
     (out / "report.json").write_text(json.dumps(report, indent=2))
     write_plot(report, out / "report.png")
     return report
+
+
+def _collapses(fed: dict, central: dict, local: Dict[str, dict]):
+    settings = [("federated", fed), ("centralized", central)] + [(f"local-only {n}", s) for n, s in local.items()]
+    return [(name, s["collapse"]) for name, s in settings if s.get("collapse")]
 
 
 def _per_type(scores: dict) -> Dict[str, float]:
