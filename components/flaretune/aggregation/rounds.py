@@ -154,6 +154,20 @@ def summary(sites: Mapping[str, Mapping], keys=_SUMMARY_KEYS) -> str:
     return ", ".join(parts)
 
 
+def state_digest(state: Mapping) -> str:
+    """sha256 over a strategy state's metadata and arrays: equal digests, equal states."""
+    import hashlib
+
+    from flaretune.aggregation.state import flatten_state
+
+    meta, arrays = flatten_state(state)
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for key in sorted(arrays):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(arrays[key], dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
 def write_history(path: Path, history: dict) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(history, indent=1)))
 
@@ -183,6 +197,9 @@ def run_rounds(
         global_model, history, start = resume["global_model"], resume["history"], resume["round"] + 1
         strategy.load_state_dict(resume["strategy"])
         rng.bit_generator.state = resume["rng"]
+        history.setdefault("resumed", []).append(
+            {"after_round": resume["round"], "from": resume["folder"], "strategy_step": strategy.step,
+             "strategy_sha256": state_digest(strategy.state_dict())})
         driver.info(f"resuming after round {start}/{settings.num_rounds} from {resume['folder']}")
     n = settings.num_rounds
     for r in range(start, n):
