@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 from flaretune.errors import FlaretuneError
 from flaretune.provisioning.policy import allow_in_local_dir
@@ -70,16 +70,41 @@ class KitNetwork:
         """Start the server and every client as its own process tree (``sub_start.sh --once``), so a caller
         can watch each site's processes (see :meth:`roots`); wait for every client like :meth:`start`."""
         for site in [self.server] + self.sites():
-            kit = self.prod_dir / site
-            log = open(self.root / f"{site}.out", "ab")
-            self._logs.append(log)
-            self.procs[site] = subprocess.Popen(["bash", str(kit / "startup" / "sub_start.sh"), "--once"], cwd=kit,
-                                                env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, start_new_session=True)
+            self.restart_site(site)
             if site == self.server:
                 time.sleep(3)  # clients retry, but a server that is already listening saves a round of backoff
         self._wait_ready(timeout)
         return self.roots()
+
+    def kill_site(self, site: str) -> List[int]:
+        """SIGKILL every process of one site (its ``sub_start.sh`` tree and its job processes); the pids killed.
+
+        For fault-injection tests: nothing is stopped politely, as when a machine loses power."""
+        marker = str(self.prod_dir / site)
+        pids = [pid for pid in self._workspace_pids() if _names_folder(pid, marker)]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGSTOP)  # frozen first, so sub_start.sh cannot restart what dies
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if site in self.procs:
+            self.procs[site].wait(timeout=30)
+        return pids
+
+    def restart_site(self, site: str) -> int:
+        """Start a site killed by :meth:`kill_site` again, as :meth:`start_each` did; its new root pid."""
+        kit = self.prod_dir / site
+        log = open(self.root / f"{site}.out", "ab")
+        self._logs.append(log)
+        self.procs[site] = subprocess.Popen(["bash", str(kit / "startup" / "sub_start.sh"), "--once"], cwd=kit,
+                                            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        return self.procs[site].pid
 
     def roots(self) -> Dict[str, int]:
         """Root pid of each site started by :meth:`start_each`."""
@@ -246,6 +271,27 @@ def submit_and_wait(network: KitNetwork, job_dir, timeout: float = 900,
     return out["job_id"], out["status"], Path(out["result"]) if out.get("result") else None
 
 
+def _names_folder(pid: int, folder: str) -> bool:
+    """Whether the process's command line names ``folder`` itself (not ``folder-2`` beside it)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(arg.decode(errors="replace").rstrip("/") == folder or
+               arg.decode(errors="replace").startswith(folder + "/") for arg in cmdline)
+
+
+def submit_job(network: KitNetwork, job_dir) -> str:
+    """Submit a job folder through the FLARE API and return its id at once (see :func:`wait_job`)."""
+    return _admin_call(["submit-only", str(network.admin_kit), str(Path(job_dir).resolve())], network.env, 180)["job_id"]
+
+
+def wait_job(network: KitNetwork, job_id: str, timeout: float = 900):
+    """Wait for a submitted job to finish; ``(status, downloaded result folder)``."""
+    out = _admin_call(["wait", str(network.admin_kit), job_id, str(timeout)], network.env, timeout + 120)
+    return out["status"], Path(out["result"]) if out.get("result") else None
+
+
 def _admin_call(args, env: dict, timeout: float, progress: Optional[Callable[[float], None]] = None) -> dict:
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "flaretune.poc"] + args, env=env, stdout=out, stderr=err,
@@ -297,9 +343,21 @@ def _cmd_wait_ready(admin_kit: str, n_clients: str, timeout: str) -> dict:
 
 
 def _cmd_submit(admin_kit: str, job_dir: str, timeout: str) -> dict:
+    job_id = _cmd_submit_only(admin_kit, job_dir)["job_id"]
+    return {"job_id": job_id, **_cmd_wait(admin_kit, job_id, timeout)}
+
+
+def _cmd_submit_only(admin_kit: str, job_dir: str) -> dict:
     sess = _session(admin_kit)
     try:
-        job_id = sess.submit_job(job_dir)
+        return {"job_id": sess.submit_job(job_dir)}
+    finally:
+        sess.close()
+
+
+def _cmd_wait(admin_kit: str, job_id: str, timeout: str) -> dict:
+    sess = _session(admin_kit)
+    try:
         deadline = time.time() + float(timeout)
         status = None
         while time.time() < deadline:
@@ -310,12 +368,13 @@ def _cmd_submit(admin_kit: str, job_dir: str, timeout: str) -> dict:
         else:
             sess.abort_job(job_id)
             raise SystemExit(f"job {job_id} did not finish within {float(timeout):.0f}s (last status {status})")
-        return {"job_id": job_id, "status": status, "result": sess.download_job_result(job_id)}
+        return {"status": status, "result": sess.download_job_result(job_id)}
     finally:
         sess.close()
 
 
 if __name__ == "__main__":  # the admin side, run as a child: python -m flaretune.poc wait-ready|submit ...
     command, *rest = sys.argv[1:]
-    handler = {"wait-ready": _cmd_wait_ready, "submit": _cmd_submit}[command]
+    handler = {"wait-ready": _cmd_wait_ready, "submit": _cmd_submit, "submit-only": _cmd_submit_only,
+               "wait": _cmd_wait}[command]
     print(json.dumps(handler(*rest)), flush=True)
