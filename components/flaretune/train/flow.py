@@ -35,11 +35,12 @@ class LocalTraining:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"Invalid lr schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
 
-    def step(self, fedprox_mu: float = 0.0):
-        """The round's train step; the server's FedProx ``mu`` turns plain backprop into FedProx."""
+    def step(self, fedprox_mu: float = 0.0, round_index: int = 0, num_rounds: int = 1):
+        """The round's train step; the server's FedProx ``mu`` turns plain backprop into FedProx. The
+        learning-rate schedule spans all ``num_rounds`` rounds (see :class:`~flaretune.train.loop.BackpropStep`)."""
         name = "fedprox" if fedprox_mu > 0 and self.train_step == "backprop" else self.train_step
         args = {"learning_rate": self.learning_rate, "warmup_ratio": self.warmup_ratio, "schedule": self.schedule,
-                **self.step_args}
+                "round_index": round_index, "num_rounds": num_rounds, **self.step_args}
         if name == "fedprox":
             args.setdefault("mu", fedprox_mu)
         return make_step(name, **args)
@@ -62,6 +63,8 @@ def local_round(
     global_params: Optional[Dict[str, object]] = None,
     fedprox_mu: float = 0.0,
     should_stop: Callable[[], bool] = lambda: False,
+    round_index: int = 0,
+    num_rounds: int = 1,
 ) -> RoundOutcome:
     """``global_params`` (when given) are loaded first; the trainer already holds the model otherwise."""
     if global_params is not None:
@@ -70,7 +73,8 @@ def local_round(
     started = time.time()
     result = trainer.fit(
         train, epochs=settings.epochs, batch_size=settings.batch_size, seed=seed, max_steps=settings.max_steps,
-        should_stop=should_stop, step=settings.step(fedprox_mu),
+        should_stop=should_stop,
+        step=settings.step(fedprox_mu, min(round_index, max(num_rounds, 1) - 1), num_rounds),
     )
     after = trainer.evaluate(test) if not result.aborted else {}
     return RoundOutcome(before, after, result, time.time() - started)

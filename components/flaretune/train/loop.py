@@ -77,14 +77,17 @@ class BackpropStep(TrainStep):
     """AdamW (Loshchilov & Hutter, 2019, arXiv:1711.05101) on the loss the module returns.
 
     A fresh optimizer per call of :func:`run` (i.e. per federated round): Adam's moments describe the
-    site's local objective, which the next global model changes. ``warmup_ratio`` of the steps ramp the
-    learning rate up linearly, which keeps that fresh optimizer's first, un-averaged steps small.
+    site's local objective, which the next global model changes. The learning-rate schedule spans the
+    whole job (``round_index`` of ``num_rounds``): ``warmup_ratio`` of all steps ramp it up linearly from
+    the first step, so Adam's first, uncalibrated steps stay small while the fresh head still predicts
+    noise; ``"linear"`` then decays it to 0 at the end of the last round. A constant 5e-3 without warm-up
+    pushed the head to "everything is O" on imbalanced data and stayed there (see docs/ner_recipe.md).
     """
 
     name = "backprop"
 
     def __init__(self, learning_rate: float = 1e-3, weight_decay: float = 0.0, warmup_ratio: float = 0.0,
-                 schedule: str = "constant", max_grad_norm: float = 0.0):
+                 schedule: str = "constant", max_grad_norm: float = 0.0, round_index: int = 0, num_rounds: int = 1):
         if not learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {learning_rate}")
         if not 0.0 <= warmup_ratio < 1.0:
@@ -96,6 +99,10 @@ class BackpropStep(TrainStep):
         self.warmup_ratio = warmup_ratio
         self.schedule = schedule
         self.max_grad_norm = max_grad_norm
+        if not 0 <= round_index < max(1, num_rounds):
+            raise ConfigError(f"round_index must be in [0, num_rounds), got {round_index} of {num_rounds}")
+        self.round_index = round_index
+        self.num_rounds = max(1, num_rounds)
         self.optimizer = self.scheduler = None
         self.params: List = []
 
@@ -104,9 +111,11 @@ class BackpropStep(TrainStep):
 
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
-        warmup = int(round(self.warmup_ratio * total_steps))
-        factor = lr_factor(self.schedule, warmup, total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        # the schedule spans every round of the job, as one centralized run of the same epochs would:
+        # warm-up at the start of round 0, decay to 0 at the end of the last round
+        span, offset = total_steps * self.num_rounds, total_steps * self.round_index
+        factor = lr_factor(self.schedule, int(round(self.warmup_ratio * span)), span)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: factor(offset + s))
 
     def extra_loss(self):
         """A term added to the module's loss (FedProx's proximal term); none here."""
