@@ -18,6 +18,7 @@ def _job(tmp_path, name: str, resume_from: str = "") -> Path:
 
     folder = JobFolder(CLINICAL_JOB)
     folder.set_rounds(4)
+    folder.set_sites(2)
     folder.persistor_args.update({"model_name": "tiny-minilm-ner", "lora_r": 2})
     folder.workflow_args.update({"aggregator": "fedadam", "server_lr": 0.01, "resume_from": resume_from})
     folder.executor_args.update({"max_steps": 6, "num_threads": 1, "synthetic_train_size": 24})

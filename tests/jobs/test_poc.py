@@ -30,10 +30,13 @@ def test_clinical_ner_runs_in_poc_and_learns(tmp_path):
     from flaretune.jobcfg import JobFolder
 
     data = tmp_path / "data"
-    make_clinical_dataset(data, n_sites=3, seed=2, n_train=96, n_test=20)
+    # the easy template sentences, so that 24 steps are enough to show the POC path learns (the realistic
+    # notes need ~100 steps to leave the all-O state: tests/train/test_ner.py)
+    make_clinical_dataset(data, n_sites=3, seed=2, n_train=96, n_test=20, style="templates")
     folder = JobFolder(CLINICAL_JOB)
     folder.set_rounds(2)
-    folder.executor_args.update({"max_steps": 12, "num_threads": 1})
+    folder.executor_args.update({"max_steps": 12, "num_threads": 1, "learning_rate": 5e-3, "warmup_ratio": 0.0,
+                                 "lr_schedule": "constant"})
     job = folder.write(tmp_path / "job")
 
     # the sites read their data from their own environment, not from the job
