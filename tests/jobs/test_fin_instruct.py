@@ -49,8 +49,8 @@ def test_rounds_carry_label_scores_from_every_bank(simulated):
     history = json.loads((simulated / "global_model" / "history.json").read_text())
     assert [r["round"] for r in history["rounds"]] == [0, 1]
     for record in history["rounds"]:
-        assert sorted(record["clients"]) == list(SITES)
-        for client in record["clients"].values():
+        assert sorted(record["sites"]) == list(SITES)
+        for client in record["sites"].values():
             assert client["num_examples"] == 8
             metrics = client["metrics"]
             for name in ("global_accuracy", "local_accuracy", "global_macro_f1", "local_macro_f1"):
