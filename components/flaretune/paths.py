@@ -6,8 +6,10 @@ and the server (run-folder paths), so every component reads a path the same way.
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nvflare.apis.fl_context import FLContext
+if TYPE_CHECKING:  # the round loop and checkpoints import this module without FLARE
+    from nvflare.apis.fl_context import FLContext
 
 
 def resolve_under(base, path: str) -> Path:
@@ -16,7 +18,7 @@ def resolve_under(base, path: str) -> Path:
     return path if path.is_absolute() else Path(base) / path
 
 
-def resolve_site_dir(path: str, fl_ctx: FLContext) -> Path:
+def resolve_site_dir(path: str, fl_ctx: "FLContext") -> Path:
     """``{site_name}`` replaced by this site's name; absolute paths as given; relative ones under this site's
     workspace root (not the job's run folder)."""
     path = path.replace("{site_name}", fl_ctx.get_identity_name() or "")

@@ -119,3 +119,17 @@ def test_a_damaged_checkpoint_is_named(tmp_path):
     (tmp_path / "state.json").write_text("{not json")
     with pytest.raises(ConfigError, match="state.json: not a readable flaretune checkpoint"):
         Checkpoint(tmp_path).load(MemoryStore())
+
+
+def test_resume_from_names_a_relative_folder_under_the_workspace_and_refuses_an_empty_one(tmp_path):
+    from flaretune.aggregation.checkpoint import resume_point, snapshot_folder
+    from flaretune.errors import ConfigError
+
+    assert resume_point(tmp_path, "", MemoryStore()) is None
+    run_rounds(Sites(OFFSETS, COUNTS), MemoryStore(), make_strategy("fedavg"), RoundSettings(1), dict(X0),
+               tmp_path / "h.json", Checkpoint(tmp_path / "job-1" / "checkpoint"))
+    assert resume_point(tmp_path, "job-1/checkpoint", MemoryStore())["round"] == 0
+    with pytest.raises(ConfigError, match=r"resume_from '.*job-2/checkpoint' holds no checkpoint \(no state.json\)"):
+        resume_point(tmp_path, "job-2/checkpoint", MemoryStore())
+    assert snapshot_folder({"checkpoint": str(tmp_path / "job-1" / "checkpoint")}) == str(tmp_path / "job-1" / "checkpoint")
+    assert snapshot_folder({"checkpoint": str(tmp_path / "job-2")}) == "" and snapshot_folder(None) == ""

@@ -15,7 +15,9 @@ from typing import Optional
 from flaretune.aggregation.rounds import atomic_write
 from flaretune.aggregation.state import flatten_state, unflatten_state
 from flaretune.errors import ConfigError
+from flaretune.paths import resolve_under
 
+CHECKPOINT_DIR = "checkpoint"  # in a job's run folder
 STATE_FILE = "state.json"
 FORMAT = 1
 
@@ -68,3 +70,20 @@ class Checkpoint:
             }
         except (OSError, KeyError, ValueError, TypeError) as err:
             raise ConfigError(f"{path}: not a readable flaretune checkpoint ({err})") from None
+
+
+def resume_point(workspace_root, folder: str, store) -> Optional[dict]:
+    """What a controller continues from: the checkpoint in ``folder`` (``resume_from``, or the one FLARE's job
+    snapshot named; absolute, or relative to the server's workspace root), or None when ``folder`` is empty."""
+    if not folder:
+        return None
+    checkpoint = Checkpoint(resolve_under(workspace_root, folder))
+    if not checkpoint.exists():
+        raise ConfigError(f"resume_from {str(checkpoint.folder)!r} holds no checkpoint (no {STATE_FILE})")
+    return checkpoint.load(store)
+
+
+def snapshot_folder(state_data: Optional[dict]) -> str:
+    """The checkpoint folder a FLARE job snapshot names, if it holds a checkpoint; else ''."""
+    folder = (state_data or {}).get("checkpoint", "")
+    return folder if folder and Checkpoint(folder).exists() else ""

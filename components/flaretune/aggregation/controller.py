@@ -16,7 +16,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from flaretune import keys
-from flaretune.aggregation.checkpoint import Checkpoint
+from flaretune.aggregation.checkpoint import CHECKPOINT_DIR, Checkpoint, resume_point, snapshot_folder
 from flaretune.aggregation.persistor import GLOBAL_MODEL_DIR, round_file
 from flaretune.aggregation.rounds import (
     HISTORY_FILE, MemoryStore, RoundDriver, RoundSettings, SiteResult, run_rounds, summary, write_history,
@@ -24,9 +24,6 @@ from flaretune.aggregation.rounds import (
 from flaretune.aggregation.strategy import make_strategy, strategy_kwargs
 from flaretune.aggregation.validation import ValidationPolicy
 from flaretune.errors import ConfigError, FlaretuneError
-from flaretune.paths import resolve_under
-
-CHECKPOINT_DIR = "checkpoint"
 
 
 class FedAggController(ModelController, RoundDriver):
@@ -96,7 +93,7 @@ class FedAggController(ModelController, RoundDriver):
         )
         self._store = MemoryStore()
         self._base_meta: dict = {}
-        self._snapshot = None
+        self._restored = ""  # the checkpoint folder FLARE's job snapshot named
 
     # -- RoundDriver ------------------------------------------------------------------------------
     def available_clients(self) -> List[str]:
@@ -139,7 +136,8 @@ class FedAggController(ModelController, RoundDriver):
         global_params = {k: np.asarray(v) for k, v in model.params.items()}
         run_dir = Path(self.get_run_dir())
         try:
-            resume = self._resume_state()
+            resume = resume_point(self.engine.get_workspace().get_root_dir(), self._restored or self.resume_from,
+                                  self._store)
             global_params, history = run_rounds(
                 self, self._store, self._strategy, RoundSettings(self.num_rounds, self.min_clients, self.seed),
                 global_params, self._global_dir() / HISTORY_FILE, Checkpoint(run_dir / CHECKPOINT_DIR), resume,
@@ -155,26 +153,12 @@ class FedAggController(ModelController, RoundDriver):
         self.info(f"final global model on each site's test split: {summary(history['final'])}")
         write_history(self._global_dir() / HISTORY_FILE, history)
 
-    def _resume_state(self):
-        """The checkpoint to continue from: FLARE's job snapshot when it restored one, else ``resume_from``."""
-        if self._snapshot is not None:
-            return self._snapshot
-        if not self.resume_from:
-            return None
-        folder = resolve_under(self.engine.get_workspace().get_root_dir(), self.resume_from)
-        checkpoint = Checkpoint(folder)
-        if not checkpoint.exists():
-            raise ConfigError(f"resume_from {str(folder)!r} holds no checkpoint (no state.json)")
-        return checkpoint.load(self._store)
-
     def get_persist_state(self, fl_ctx) -> dict:
         """For FLARE's job snapshot (where the server keeps one): the checkpoint folder to resume from."""
         return {"checkpoint": str(Path(self.get_run_dir()) / CHECKPOINT_DIR)}
 
     def restore(self, state_data: dict, fl_ctx) -> None:
-        folder = (state_data or {}).get("checkpoint")
-        if folder and Checkpoint(folder).exists():
-            self._snapshot = Checkpoint(folder).load(self._store)
+        self._restored = snapshot_folder(state_data)
 
     # -- helpers ----------------------------------------------------------------------------------
     def _global_dir(self) -> Path:

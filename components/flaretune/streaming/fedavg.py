@@ -21,7 +21,7 @@ from nvflare.apis.impl.controller import Controller
 from nvflare.apis.shareable import ReturnCode, Shareable
 from nvflare.apis.signal import Signal
 
-from flaretune.aggregation.checkpoint import Checkpoint
+from flaretune.aggregation.checkpoint import CHECKPOINT_DIR, Checkpoint, resume_point, snapshot_folder
 from flaretune.aggregation.rounds import HISTORY_FILE, RoundDriver, RoundSettings, SiteResult, run_rounds
 from flaretune.aggregation.strategy import make_strategy
 from flaretune.aggregation.validation import ValidationPolicy
@@ -35,7 +35,6 @@ from flaretune.streaming.memory import pin_mmap_threshold
 from flaretune.paths import resolve_site_dir, resolve_under
 from flaretune.streaming.schedule import TransferError
 
-CHECKPOINT_DIR = "checkpoint"
 
 
 class StreamedFedAvg(Controller, RoundDriver):
@@ -111,7 +110,7 @@ class StreamedFedAvg(Controller, RoundDriver):
         self._updates_root: Optional[Path] = None
         self._fl_ctx = self._abort = None
         self._round_info: dict = {}
-        self._snapshot = None
+        self._restored = ""  # the checkpoint folder FLARE's job snapshot named
 
     # -- FLARE ----------------------------------------------------------------------------------
     def start_controller(self, fl_ctx: FLContext):
@@ -137,13 +136,8 @@ class StreamedFedAvg(Controller, RoundDriver):
             if not (current.is_dir() and any(current.glob("*.safetensors"))):
                 raise ConfigError(f"model_dir {str(current)!r} is not a folder with safetensors shards")
             self._name = self.model_name or current.name
-            resume = self._snapshot
-            if resume is None and self.resume_from:
-                checkpoint = Checkpoint(resolve_under(fl_ctx.get_engine().get_workspace().get_root_dir(),
-                                                      self.resume_from))
-                if not checkpoint.exists():
-                    raise ConfigError(f"resume_from {str(checkpoint.folder)!r} holds no checkpoint (no state.json)")
-                resume = checkpoint.load(store)
+            resume = resume_point(fl_ctx.get_engine().get_workspace().get_root_dir(),
+                                  self._restored or self.resume_from, store)
             run_rounds(self, store, self._strategy, RoundSettings(self.num_rounds, self.min_clients, self.seed),
                        current, global_root / HISTORY_FILE, Checkpoint(self._run_dir / CHECKPOINT_DIR), resume)
         except (TransferError, FlaretuneError) as err:
@@ -153,9 +147,7 @@ class StreamedFedAvg(Controller, RoundDriver):
         return {"checkpoint": str(self._run_dir / CHECKPOINT_DIR)} if self._run_dir else {}
 
     def restore(self, state_data: dict, fl_ctx: FLContext) -> None:
-        folder = (state_data or {}).get("checkpoint")
-        if folder and Checkpoint(folder).exists():
-            self._snapshot = Checkpoint(folder).load(FolderStore(Path(folder).parent / self.global_dir))
+        self._restored = snapshot_folder(state_data)
 
     # -- RoundDriver ----------------------------------------------------------------------------
     def available_clients(self) -> List[str]:
