@@ -157,7 +157,7 @@ class PeftExecutor(Executor):
             self._trainer, self._train, self._test, self._settings, seed=self.seed + round_number,
             global_params=global_params, fedprox_mu=float((incoming.meta or {}).get(keys.FEDPROX_MU, 0.0)),
             should_stop=lambda: abort_signal.triggered, round_index=round_number,
-            num_rounds=max(int(incoming.total_rounds or 1), round_number + 1),
+            num_rounds=int(incoming.total_rounds or 1),
         )
         if outcome.result.aborted:
             self.log_info(fl_ctx, f"round {round_number}: aborted after {outcome.result.steps} steps")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence
 
 from flaretune.errors import ConfigError
-from flaretune.train.loop import SCHEDULES, TrainResult, make_step
+from flaretune.train.loop import SCHEDULES, TrainResult, step_for
 from flaretune.train.protocol import Trainer
 
 
@@ -38,12 +38,8 @@ class LocalTraining:
     def step(self, fedprox_mu: float = 0.0, round_index: int = 0, num_rounds: int = 1):
         """The round's train step; the server's FedProx ``mu`` turns plain backprop into FedProx. The
         learning-rate schedule spans all ``num_rounds`` rounds (see :class:`~flaretune.train.loop.BackpropStep`)."""
-        name = "fedprox" if fedprox_mu > 0 and self.train_step == "backprop" else self.train_step
-        args = {"learning_rate": self.learning_rate, "warmup_ratio": self.warmup_ratio, "schedule": self.schedule,
-                "round_index": round_index, "num_rounds": num_rounds, **self.step_args}
-        if name == "fedprox":
-            args.setdefault("mu", fedprox_mu)
-        return make_step(name, **args)
+        return step_for(self.train_step, fedprox_mu, learning_rate=self.learning_rate, warmup_ratio=self.warmup_ratio,
+                        schedule=self.schedule, round_index=round_index, num_rounds=num_rounds, **self.step_args)
 
 
 @dataclass

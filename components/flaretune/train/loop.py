@@ -178,6 +178,13 @@ register_step(BackpropStep.name, BackpropStep)
 register_step(FedProxStep.name, FedProxStep)
 
 
+def step_for(name: str, fedprox_mu: float = 0.0, **args) -> TrainStep:
+    """The registered step ``name``; a server FedProx ``mu`` > 0 turns plain backprop into FedProx."""
+    if fedprox_mu > 0 and name == BackpropStep.name:
+        name, args = FedProxStep.name, {"mu": fedprox_mu, **args}
+    return make_step(name, **args)
+
+
 def total_steps(n_records: int, batch_size: int, epochs: float, max_steps: int = 0) -> int:
     return max_steps if max_steps > 0 else max(1, round(epochs * math.ceil(n_records / batch_size)))
 

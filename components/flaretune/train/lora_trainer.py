@@ -47,8 +47,8 @@ class ModelTrainer:
         schedule: str = "constant",
     ) -> loop.TrainResult:
         if step is None:
-            hp = {"learning_rate": learning_rate, "warmup_ratio": warmup_ratio, "schedule": schedule}
-            step = loop.FedProxStep(mu=fedprox_mu, **hp) if fedprox_mu > 0 else loop.BackpropStep(**hp)
+            step = loop.step_for(loop.BackpropStep.name, fedprox_mu, learning_rate=learning_rate,
+                                 warmup_ratio=warmup_ratio, schedule=schedule)
         return loop.run(
             self.training_module(), encoded, self.pad_id, step, epochs=epochs, batch_size=batch_size, seed=seed,
             max_steps=max_steps, should_stop=should_stop, on_step=on_step,
