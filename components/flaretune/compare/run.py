@@ -124,11 +124,11 @@ def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed
 
     evaluator = NerTrainer(spec, max_length=hp["max_length"], num_threads=torch_threads())
     test_encoded = evaluator.encode(data.test)
-    per_round = []
+    per_round, fed_scores = [], None
     for round_number in range(rounds):
         evaluator.set_params(load_file(str(global_dir / f"round-{round_number:03d}.safetensors")))
-        per_round.append(evaluator.evaluate(test_encoded)["f1"])
-    fed_scores = evaluator.evaluate(test_encoded)
+        fed_scores = evaluator.evaluate(test_encoded)  # the last round's are the federated model's scores
+        per_round.append(fed_scores["f1"])
     _say(f"  federated: {fed_seconds:.0f}s, test F1 per round {', '.join(f'{f:.3f}' for f in per_round)} "
          f"({fed_scores['n_predicted']} entities predicted, {fed_scores['n_gold']} gold)")
     _warn_collapse("federated", fed_scores)

@@ -23,7 +23,7 @@ change when ``n_train`` does.
 """
 
 import random
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from flaretune.data import clinical_notes_vocab as vocab
 from flaretune.data.lexicon import tokenize

@@ -1,8 +1,8 @@
 """Aggregation of full models that live on disk, one tensor at a time, through the same Strategy as adapters.
 
 ``aggregate_folders`` reads every site's update folder memory-mapped (safetensors), validates it, applies
-the strategy's server step to each tensor and writes the result as shards of at most ``shard_mb``. Memory: one output shard plus one tensor
-per site, whatever the model size. Files other than safetensors shards and their index (``config.json``,
+the strategy's server step to each tensor and writes the result as shards of at most ``shard_mb``.
+Memory: one output shard plus one tensor per site, whatever the model size. Files other than safetensors shards and their index (``config.json``,
 tokenizer files) are copied from the first folder, so the result loads like the inputs did.
 """
 
@@ -61,7 +61,7 @@ def average_folders(folders: Sequence, weights: Sequence[float], out, shard_mb: 
     return Path(out)
 
 
-def _check_folder(global_handles, handles, policy) -> Tuple[Optional[str], float]:
+def _check_folder(global_handles, handles) -> Tuple[Optional[str], float]:
     """Per-update checks, one tensor in memory at a time: ``(reason or None, squared norm of the update)``."""
     import torch
 
@@ -115,7 +115,7 @@ def aggregate_folders(strategy, global_folder, updates: Mapping[str, Tuple[objec
                 except ConfigError as err:
                     reason = str(err)
             if reason is None:
-                reason, squared = _check_folder(global_handles, handles[site], strategy.policy)
+                reason, squared = _check_folder(global_handles, handles[site])
                 norms[site] = squared ** 0.5
             if reason is not None:
                 rejected[site] = reason

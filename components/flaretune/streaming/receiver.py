@@ -7,8 +7,6 @@ again. ``ModelFolderReceiver`` is the same receiving end without the task, e.g. 
 updates that clients send with :func:`flaretune.streaming.producer.stream_model_folder`.
 """
 
-from pathlib import Path
-
 from nvflare.apis.event_type import EventType
 from nvflare.apis.executor import Executor
 from nvflare.apis.fl_component import FLComponent
