@@ -18,6 +18,7 @@ _COMMANDS = {
     "export": "flaretune.export",
     "bench": "flaretune.bench.cli",
     "site-policy": "flaretune.provisioning.cli",
+    "privacy": "flaretune.privacy.cli",
 }
 
 
