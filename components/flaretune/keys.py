@@ -61,3 +61,7 @@ STATUS_LOST = "lost"  # no reply came (connection dropped, receiver busy): resen
 
 # sticky FLContext property set on a site once a push was received: the folder the model now lives in
 PUSHED_MODEL_DIR = "flaretune_pushed_model_dir"
+
+# non-sticky FLContext property of one task on a site: the global model (name -> float64 array) the task
+# data carried, recorded by GaussianPrivacyFilter's task-data half so its result half can measure the update
+DP_RECEIVED_MODEL = "flaretune_dp_received_model"

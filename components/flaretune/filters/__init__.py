@@ -12,7 +12,7 @@ from typing import List, Optional
 # with filter_config() stays cheap
 _LAZY = {"QuantizeFilter": "quantize", "DequantizeFilter": "quantize", "QUANT_META_KEY": "quantize",
          "TopKSparsifyFilter": "sparsify", "DensifyFilter": "sparsify", "SPARSE_META_KEY": "sparsify",
-         "AdapterOnlyGuard": "guard"}
+         "AdapterOnlyGuard": "guard", "GaussianPrivacyFilter": "dp", "DP_META_KEY": "dp"}
 
 __all__ = [
     "QuantizeFilter",
@@ -22,6 +22,8 @@ __all__ = [
     "QUANT_META_KEY",
     "SPARSE_META_KEY",
     "AdapterOnlyGuard",
+    "GaussianPrivacyFilter",
+    "DP_META_KEY",
     "filter_config",
 ]
 
