@@ -228,3 +228,7 @@ def run(
                 on_step(done, loss)
         epoch += 1
     return TrainResult(done, examples, sum(losses) / max(done, 1), losses=losses)
+
+
+# steps defined in their own modules register themselves on import; a job names them in its JSON
+from flaretune.train import dp_sgd  # noqa: E402,F401  (DP-SGD, "dpsgd")
