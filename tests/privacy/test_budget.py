@@ -6,7 +6,7 @@ import os
 import pytest
 
 from flaretune.errors import ConfigError
-from flaretune.privacy import BudgetExceededError, PrivacyBudget, epsilon_for, make_accountant
+from flaretune.privacy import BudgetExceededError, PrivacyBudget, epsilon_for
 
 DELTA = 1e-5
 

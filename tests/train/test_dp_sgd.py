@@ -153,7 +153,6 @@ class Scalar(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
-        self.lots: List[int] = []
 
     def forward(self, input_ids, attention_mask, labels):
         from types import SimpleNamespace

@@ -137,7 +137,7 @@ class GaussianPrivacyFilter(DXOFilter):
         meta = copy_meta(dxo, drop=None if self.keep_metrics else MetaKey.INITIAL_METRICS)
         meta[DP_META_KEY] = {"version": _FORMAT_VERSION, "mechanism": "gaussian",
                              "noise_multiplier": float(self.noise_multiplier), "clip_norm": float(self.clip_norm)}
+        std = self.noise_multiplier * self.clip_norm
         self.log_info(fl_ctx, f"{round_label(shareable, fl_ctx)}: {owner} clipped the update to L2 norm "
-                              f"{self.clip_norm:g} and added Gaussian noise (std {self.noise_multiplier * self.clip_norm:g}) "
-                              f"to {len(data)} tensors")
+                              f"{self.clip_norm:g} and added Gaussian noise (std {std:g}) to {len(data)} tensors")
         return DXO(data_kind=dxo.data_kind, data=data, meta=meta)

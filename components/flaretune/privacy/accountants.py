@@ -89,7 +89,8 @@ class Accountant:
         history = []
         for entry in state["history"]:
             if not isinstance(entry, (list, tuple)) or len(entry) != 3:
-                raise ConfigError(f"accountant history entries are [noise_multiplier, sample_rate, steps], got {entry!r}")
+                raise ConfigError(f"accountant history entries are [noise_multiplier, sample_rate, steps], "
+                                  f"got {entry!r}")
             history.append(check_step(*entry))
         self.history = history
 
@@ -132,7 +133,8 @@ def make_accountant(name: str = "rdp") -> Accountant:
     return ACCOUNTANTS[name]()
 
 
-def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
+def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                accountant: str = "rdp") -> float:
     """ε of ``steps`` steps at ``(z, q)`` and ``delta``."""
     acc = make_accountant(accountant)
     acc.step(noise_multiplier, sample_rate, steps)
