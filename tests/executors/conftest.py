@@ -27,14 +27,29 @@ class RecordingWriter:
         self.scalars.append((tag, scalar, global_step))
 
 
-class FakeEngine:
-    """The one engine call an executor makes: look up a job component by id."""
+class FakeWorkspace:
+    def __init__(self, root):
+        self.root = root
 
-    def __init__(self, components=None):
+    def get_root_dir(self):
+        return str(self.root)
+
+
+class FakeEngine:
+    """The engine calls an executor makes: look up a job component by id; the site's workspace root."""
+
+    def __init__(self, components=None, root=None):
         self.components = components or {}
+        self.root = root
 
     def get_component(self, component_id):
         return self.components.get(component_id)
+
+    def get_workspace(self):
+        return FakeWorkspace(self.root)
+
+    def fire_event(self, event_type, fl_ctx):
+        """Error logs fire an event FLARE's engine would deliver; nothing listens here."""
 
 
 class AbortAfter(Signal):

@@ -36,3 +36,34 @@ def test_abort_and_unknown_task(signal):
     ex = PeftTrainExecutor(max_steps=20, batch_size=4, max_length=32, synthetic_train_size=8)
     assert ex.execute("train", make_task(SPEC), make_ctx(), AbortAfter(checks=3)).get_return_code() == ReturnCode.TASK_ABORTED
     assert ex.execute("nope", make_task(SPEC), make_ctx(), signal).get_return_code() == ReturnCode.TASK_UNKNOWN
+
+
+def test_dp_sgd_rounds_spend_the_sites_budget_and_an_over_budget_round_is_declined(signal, tmp_path):
+    import json
+
+    import pytest
+
+    from flaretune.errors import ConfigError
+    from flaretune.privacy import BUDGET_FILE, epsilon_for
+
+    from .conftest import FakeEngine
+
+    z, q, delta = 1.0, 0.5, 1e-5
+    one, two = epsilon_for(z, q, 2, delta, "rdp"), epsilon_for(z, q, 4, delta, "rdp")
+    args = dict(train_step="dpsgd", train_step_args={"noise_multiplier": z, "max_grad_norm": 1.0, "sample_rate": q},
+                dp_epsilon_budget=(one + two) / 2, dp_delta=delta, max_steps=2, max_length=32,
+                synthetic_train_size=8)
+    ctx = make_ctx("site-1", engine=FakeEngine(root=tmp_path))
+    task = make_task(SPEC)
+    reply = PeftTrainExecutor(**args).execute("train", task, ctx, signal)
+    assert reply.get_return_code(ReturnCode.OK) == ReturnCode.OK
+    result = FLModelUtils.from_shareable(reply)
+    assert result.metrics["dp_epsilon"] == pytest.approx(one, rel=1e-9)  # 2 steps at z=1, q=0.5
+    sent = params_of(task)
+    assert any(not np.array_equal(result.params[k], sent[k]) for k in sent if "lora_B" in k)  # the adapter moved
+    assert json.loads((tmp_path / BUDGET_FILE).read_text())["epsilon"] == pytest.approx((one + two) / 2)
+    # a restarted site (a new executor) keeps what was spent, and the next round would exceed the budget
+    again = PeftTrainExecutor(**args).execute("train", make_task(SPEC, current_round=1), ctx, signal)
+    assert again.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+    with pytest.raises(ConfigError, match="'dpsgd' needs dp_epsilon_budget > 0"):
+        PeftTrainExecutor(train_step="dpsgd")

@@ -10,6 +10,8 @@ floats) and :attr:`headlines` (the metrics the log line names, first one present
 itself is :func:`flaretune.train.flow.local_round`, the same for every executor.
 """
 
+from typing import Optional
+
 import numpy as np
 
 from nvflare.apis.dxo import MetaKey
@@ -52,6 +54,10 @@ class PeftExecutor(Executor):
         warmup_ratio: float = 0.0,
         lr_schedule: str = "constant",
         train_step: str = "backprop",
+        train_step_args: Optional[dict] = None,
+        dp_epsilon_budget: float = 0.0,
+        dp_delta: float = 1e-5,
+        dp_accountant: str = "rdp",
         train_task_name: str = "train",
         validate_task_name: str = "validate",
         submit_model_task_name: str = "submit_model",
@@ -73,6 +79,10 @@ class PeftExecutor(Executor):
         self.warmup_ratio = warmup_ratio
         self.lr_schedule = lr_schedule
         self.train_step = train_step
+        self.train_step_args = train_step_args
+        self.dp_epsilon_budget = dp_epsilon_budget
+        self.dp_delta = dp_delta
+        self.dp_accountant = dp_accountant
         self.train_task_name = train_task_name
         self.validate_task_name = validate_task_name
         self.submit_model_task_name = submit_model_task_name
@@ -80,7 +90,11 @@ class PeftExecutor(Executor):
         self._settings = LocalTraining(
             epochs=local_epochs, max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size,
             warmup_ratio=warmup_ratio, schedule=lr_schedule, train_step=train_step,
+            step_args=dict(train_step_args or {}),
         )
+        if train_step == "dpsgd" and not dp_epsilon_budget > 0:
+            raise ConfigError("train_step 'dpsgd' needs dp_epsilon_budget > 0 (the site's total epsilon at dp_delta)")
+        self._dp = None
         self._trainer = None
         self._train = self._test = None
         self._local_params = None
@@ -113,6 +127,12 @@ class PeftExecutor(Executor):
         self._trainer = self.make_trainer(spec, base_dir)
         self._train = self._trainer.encode(data.train)
         self._test = self._trainer.encode(data.test)
+        if self.train_step == "dpsgd":
+            from flaretune.privacy.site import SiteDP
+
+            root = fl_ctx.get_engine().get_workspace().get_root_dir()
+            self._dp = SiteDP(self._settings, len(self._train), root, self.dp_epsilon_budget, self.dp_delta,
+                              self.dp_accountant)
         engine = fl_ctx.get_engine()
         self._writer = engine.get_component(self.tracking_writer_id) if engine and self.tracking_writer_id else None
         self.log_info(
@@ -153,6 +173,10 @@ class PeftExecutor(Executor):
     def _do_train(self, incoming: FLModel, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         round_number = incoming.current_round or 0
         global_params = {k: np.asarray(v, dtype=np.float32) for k, v in incoming.params.items()}
+        refusal = self._dp.refusal() if self._dp else None
+        if refusal:  # declined: the server goes on without this site if min_clients allows
+            self.log_error(fl_ctx, f"{fl_ctx.get_identity_name()} declines round {round_number}: {refusal}")
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
         outcome = local_round(
             self._trainer, self._train, self._test, self._settings, seed=self.seed + round_number,
             global_params=global_params, fedprox_mu=float((incoming.meta or {}).get(keys.FEDPROX_MU, 0.0)),
@@ -166,6 +190,10 @@ class PeftExecutor(Executor):
         self._local_params = local
         metrics = {**self.flat_metrics(outcome.before, prefix="global_"),
                    **self.flat_metrics(outcome.after, prefix="local_"), "train_loss": outcome.result.mean_loss}
+        if self._dp:
+            metrics["dp_epsilon"] = self._dp.spend(outcome.result.steps)
+            self.log_info(fl_ctx, f"{fl_ctx.get_identity_name()} round {round_number}: DP-SGD epsilon spent "
+                                  f"{metrics['dp_epsilon']:.4f} of {self.dp_epsilon_budget:g} at delta {self.dp_delta:g}")
         self._track(metrics, round_number)
         params = {k: v - global_params[k] for k, v in local.items()} if self.send_diff else local
         upload = int(sum(v.nbytes for v in params.values()))

@@ -4,6 +4,8 @@ The ``train`` result carries the LoRA matrices and the token-classification head
 entity precision/recall/F1 (seqeval), overall and per entity type.
 """
 
+from typing import Optional
+
 from flaretune.executors.base import PeftExecutor
 
 
@@ -37,6 +39,10 @@ class PeftTrainExecutor(PeftExecutor):
         warmup_ratio: float = 0.0,
         lr_schedule: str = "constant",
         train_step: str = "backprop",
+        train_step_args: Optional[dict] = None,
+        dp_epsilon_budget: float = 0.0,
+        dp_delta: float = 1e-5,
+        dp_accountant: str = "rdp",
         train_task_name: str = "train",
         validate_task_name: str = "validate",
         submit_model_task_name: str = "submit_model",
@@ -47,6 +53,8 @@ class PeftTrainExecutor(PeftExecutor):
             data_path=data_path, local_epochs=local_epochs, max_steps=max_steps, learning_rate=learning_rate,
             batch_size=batch_size, max_length=max_length, seed=seed, send_diff=send_diff, num_threads=num_threads,
             warmup_ratio=warmup_ratio, lr_schedule=lr_schedule, train_step=train_step,
+            train_step_args=train_step_args, dp_epsilon_budget=dp_epsilon_budget, dp_delta=dp_delta,
+            dp_accountant=dp_accountant,
             train_task_name=train_task_name, validate_task_name=validate_task_name,
             submit_model_task_name=submit_model_task_name, tracking_writer_id=tracking_writer_id,
             base_model_dir=base_model_dir,
