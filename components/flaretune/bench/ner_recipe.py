@@ -54,6 +54,10 @@ GRID = [  # most telling first, so a cut-short run still answers the question
             aggregator_args={"server_lr": 1.0, "beta1": 0.5}),
     Setting("fed fedadam 5x2 2e-3 warm10+lin", 2e-3, 0.1, "linear", federated=True, aggregator="fedadam",
             aggregator_args={"server_lr": 3e-3}),
+    Setting("fed fedprox 10x1 mu0.01", 2e-3, 0.1, "linear", federated=True, rounds=10, local_epochs=1,
+            aggregator="fedprox", aggregator_args={"mu": 0.01}),
+    Setting("fed fedadam 10x1 server-lr 1e-2", 2e-3, 0.1, "linear", federated=True, rounds=10, local_epochs=1,
+            aggregator="fedadam", aggregator_args={"server_lr": 1e-2}),
     Setting("fed fedavg 5x2 ffa-lora 5e-3 warm10+lin", 5e-3, 0.1, "linear", federated=True, freeze_lora_a=True),
     Setting("templates 5e-3 const", 5e-3, rounds=10, style="templates"),
     Setting("templates 2e-3 warm10+lin", 2e-3, 0.1, "linear", rounds=10, style="templates"),
@@ -82,13 +86,13 @@ def _evaluate(trainer, encoded, losses: Optional[List[float]] = None) -> Dict[st
             "collapse": scores["collapse"]}
 
 
-def _step(setting: Setting, round_index: int, num_rounds: int):
-    from flaretune.train.loop import BackpropStep
+def _step(setting: Setting, round_index: int, num_rounds: int, fedprox_mu: float = 0.0):
+    from flaretune.train.loop import BackpropStep, step_for
 
     if setting.span == "round":
         round_index, num_rounds = 0, 1
-    return BackpropStep(learning_rate=setting.lr, warmup_ratio=setting.warmup, schedule=setting.schedule,
-                        round_index=round_index, num_rounds=num_rounds)
+    return step_for(BackpropStep.name, fedprox_mu, learning_rate=setting.lr, warmup_ratio=setting.warmup,
+                    schedule=setting.schedule, round_index=round_index, num_rounds=num_rounds)
 
 
 def _centralized(setting: Setting, trainer, sites, batch_size, seed, report) -> None:
@@ -117,16 +121,19 @@ def _federated(setting: Setting, trainer, sites, batch_size, seed, report) -> No
 
     from flaretune.aggregation.strategy import make_strategy
     from flaretune.aggregation.validation import aggregate_round
+    from flaretune.keys import FEDPROX_MU
 
     strategy = make_strategy(setting.aggregator, **setting.aggregator_args)
     global_params = {k: v.numpy() for k, v in trainer.get_params().items()}
+    names = [f"site-{index + 1}" for index in range(len(sites))]
     for r in range(setting.rounds):
         results, losses = {}, []
-        for index, site in enumerate(sites):
+        _, meta = strategy.configure_round(r, names, np.random.default_rng(seed))
+        for name, site in zip(names, sites):
             trainer.set_params(global_params)
             result = trainer.fit(site, epochs=setting.local_epochs, batch_size=batch_size, seed=seed + r,
-                                 step=_step(setting, r, setting.rounds))
-            results[f"site-{index + 1}"] = ({k: v.numpy() for k, v in trainer.get_params().items()}, len(site))
+                                 step=_step(setting, r, setting.rounds, meta.get(FEDPROX_MU, 0.0)))
+            results[name] = ({k: v.numpy() for k, v in trainer.get_params().items()}, len(site))
             losses.append(result.mean_loss)
         global_params, _, rejected = aggregate_round(strategy, global_params, results)
         if rejected:
