@@ -28,12 +28,15 @@ def _provision(project: Path, tmp_path: Path) -> Path:
     return tmp_path / "ws" / name / "prod_00"
 
 
-@pytest.mark.parametrize("template, clients, allowed", [
+DP = {"path": "flaretune.filters.dp.GaussianPrivacyFilter", "args": {"noise_multiplier": 0.5, "clip_norm": 0.25}}
+
+
+@pytest.mark.parametrize("template, clients, allowed, dp", [
     ("hospital_network.yml", ["hospital-a", "hospital-b", "hospital-c"],
-     ["*lora_*", "*.classifier.*", "*modules_to_save*"]),
-    ("bank_network.yml", ["bank-north", "bank-south", "bank-east"], ["*lora_*"]),
+     ["*lora_*", "*.classifier.*", "*modules_to_save*"], DP),
+    ("bank_network.yml", ["bank-north", "bank-south", "bank-east"], ["*lora_*"], None),
 ])
-def test_templates_provision_kits_with_flaretune_site_policy(tmp_path, template, clients, allowed):
+def test_templates_provision_kits_with_flaretune_site_policy(tmp_path, template, clients, allowed, dp):
     project = yaml.safe_load((TEMPLATES / template).read_text())
     prod = _provision(TEMPLATES / template, tmp_path)
     server = next(p["name"] for p in project["participants"] if p["type"] == "server")
@@ -48,8 +51,11 @@ def test_templates_provision_kits_with_flaretune_site_policy(tmp_path, template,
         privacy = json.loads((prod / site / "local" / "privacy.json").read_text())
         scope = privacy["scopes"][0]
         assert privacy["default_scope"] == scope["name"] == "adapters_only"
-        guard = scope["task_result_filters"][0]
+        guard = scope["task_result_filters"][-1]
         assert guard["path"] == "flaretune.filters.guard.AdapterOnlyGuard" and guard["args"]["allowed"] == allowed
+        # hospitals clip and noise every update themselves, before the guard; banks do not (yet)
+        assert scope.get("task_data_filters", [None])[0] == dp
+        assert len(scope["task_result_filters"]) == (2 if dp else 1) and scope["task_result_filters"][0] in (dp, guard)
     assert not (prod / server / "local" / "privacy.json").exists()
     admins = [p["name"] for p in project["participants"] if p["type"] == "admin"]
     assert all((prod / a / "startup" / "fed_admin.json").is_file() for a in admins)
@@ -93,15 +99,28 @@ def test_hospital_kits_run_clinical_ner_and_the_guard_checks_every_result(tmp_pa
 
     network = KitNetwork(tmp_path, prod_dir=prod, server="localhost", clients=hospitals,
                          admin="lead@consortium.example", extra_env={"FLARETUNE_DATA_DIR": str(data)})
+    # a job that asks for another privacy scope than the hospitals' own (to opt out of their policy)
+    meta = json.loads((job / "meta.json").read_text())
+    opt_out = tmp_path / "opt_out"
+    shutil.copytree(job, opt_out)
+    (opt_out / "meta.json").write_text(json.dumps({**meta, "name": "opt_out", "scope": "open"}))
     try:
         network.start_each()
         job_id, status, _ = submit_and_wait(network, job, timeout=600)
+        refused_id, refused_status, _ = submit_and_wait(network, opt_out, timeout=300)
     finally:
         network.stop()
     assert status == "FINISHED:COMPLETED", status
+    assert refused_status != "FINISHED:COMPLETED", refused_status
     assert not network._workspace_pids()
     for name in hospitals:
         log = (prod / name / job_id / "log.txt").read_text()
         # every result that left the hospital went through its privacy policy first
         assert "AdapterOnlyGuard" in log and "allowed to leave" in log, name
         assert "UNSAFE_JOB" not in log
+        # the hospital's own DP policy ran although the job asked for none
+        assert "GaussianPrivacyFilter clipped the update to L2 norm 0.25" in log, name
+    # the opt-out job was never deployed: every hospital refused its scope
+    server_log = (prod / "localhost" / "log.txt").read_text()
+    for name in hospitals:
+        assert f"{name}: NVFLARE_ERROR: privacy scope 'open' is not allowed" in server_log, name

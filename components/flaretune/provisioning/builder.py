@@ -8,7 +8,12 @@ server and every client it writes, into the kit's ``local/`` folder:
 * ``authorization.json.default`` — FLARE's default role policy with the ``overrides`` given here
   (the templates deny BYOC to every role but the project admin: flaretune jobs carry no custom code);
 * ``privacy.json`` (clients) — a default scope whose result filter is
-  :class:`flaretune.filters.guard.AdapterOnlyGuard`, so only adapter tensors can leave the site.
+  :class:`flaretune.filters.guard.AdapterOnlyGuard`, so only adapter tensors can leave the site; with
+  ``client_dp``, the scope also clips and noises every update with
+  :class:`flaretune.filters.dp.GaussianPrivacyFilter` (on task data it records the received model), so the
+  site enforces differential privacy whatever the job asks. It is the only scope: a job that names
+  another one in its ``meta.json`` (``"scope"``) is refused by FLARE at the site
+  ("privacy scope ... is not allowed").
 
 Site admins can still edit every file after provisioning: ``resources.json`` and ``authorization.json``
 (without ``.default``) take precedence, as FLARE documents.
@@ -26,6 +31,7 @@ from flaretune.provisioning.policy import ALLOW_PREFIX, DEFAULT_RESOURCES, allow
 AUTHZ_DEFAULT = "authorization.json.default"
 PRIVACY = "privacy.json"
 GUARD_PATH = "flaretune.filters.guard.AdapterOnlyGuard"
+DP_PATH = "flaretune.filters.dp.GaussianPrivacyFilter"
 
 
 class FlaretuneSiteBuilder(Builder):
@@ -35,6 +41,7 @@ class FlaretuneSiteBuilder(Builder):
         authorization: Optional[Dict[str, Dict[str, str]]] = None,
         adapter_guard: Optional[dict] = None,
         scope_name: str = "adapters_only",
+        client_dp: Optional[dict] = None,
     ):
         """Site policy for flaretune startup kits.
 
@@ -45,11 +52,14 @@ class FlaretuneSiteBuilder(Builder):
             adapter_guard: arguments of ``AdapterOnlyGuard`` (``allowed``, ``max_mb``); null writes no
                 privacy policy.
             scope_name: name of the privacy scope the guard lives in; it is every client's default scope.
+            client_dp: arguments of ``GaussianPrivacyFilter`` (``noise_multiplier``, ``clip_norm``) that every
+                client applies to every update it sends, before the guard; null: no site-enforced DP.
         """
         self.allow_prefixes = allow_prefixes
         self.authorization = authorization
         self.adapter_guard = adapter_guard
         self.scope_name = scope_name
+        self.client_dp = client_dp
         self._prefixes = list(allow_prefixes) if allow_prefixes is not None else [ALLOW_PREFIX]
         if not all(isinstance(p, str) and p for p in self._prefixes):
             raise ConfigError(f"allow_prefixes must be a list of class path prefixes, got {allow_prefixes!r}")
@@ -61,6 +71,12 @@ class FlaretuneSiteBuilder(Builder):
             from flaretune.filters.guard import AdapterOnlyGuard
 
             AdapterOnlyGuard(**adapter_guard)  # a bad argument fails the provisioning, not the first job
+        if client_dp is not None:
+            if adapter_guard is None:
+                raise ConfigError("client_dp lives in the adapter_guard's privacy scope: give adapter_guard too")
+            from flaretune.filters.dp import GaussianPrivacyFilter
+
+            GaussianPrivacyFilter(**client_dp)
 
     def build(self, project, ctx):
         server = project.get_server()
@@ -95,4 +111,9 @@ class FlaretuneSiteBuilder(Builder):
             "properties": {"description": "only adapter tensors may leave this site (flaretune AdapterOnlyGuard)"},
             "task_result_filters": [{"path": GUARD_PATH, "args": dict(self.adapter_guard)}],
         }
+        if self.client_dp is not None:
+            dp = {"path": DP_PATH, "args": dict(self.client_dp)}
+            scope["properties"]["description"] += "; every update is clipped and noised (GaussianPrivacyFilter)"
+            scope["task_data_filters"] = [dp]
+            scope["task_result_filters"].insert(0, dp)
         path.write_text(json.dumps({"scopes": [scope], "default_scope": self.scope_name}, indent=2) + "\n")
