@@ -8,7 +8,7 @@ def _run(args) -> int:
     report = compare(
         args.job_dir, args.out, sites=args.sites, rounds=args.rounds, seed=args.seed, skew=args.skew,
         train_file=args.train, test_file=args.test, quantize=args.quantize, model=args.model,
-        style=args.style,
+        style=args.style, dp_epsilon=args.dp_epsilon,
     )
     print("\n".join(summary_lines(report)))
     print(f"wrote {args.out}/report.json and {args.out}/report.png")
@@ -29,5 +29,7 @@ def register(subparsers) -> None:
                         "(default: as the job folder says)")
     parser.add_argument("--style", default="notes", choices=["notes", "templates"],
                         help="synthetic hospitals: realistic telegraphic notes (default) or the easy templates")
+    parser.add_argument("--dp-epsilon", type=float,
+                        help="federated sites train with DP-SGD at this epsilon (delta 1e-5) over the whole job")
     parser.add_argument("--model", help="override the base model (e.g. tiny-minilm-ner for a quick check)")
     parser.set_defaults(func=_run)
