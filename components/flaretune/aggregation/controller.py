@@ -5,10 +5,19 @@ workflow; which server step runs is a string name (:mod:`flaretune.aggregation.s
 ``"aggregator": "fedadam"`` in JSON. Every result is validated before it is aggregated, and the server
 checkpoints after every round (``checkpoint/`` in the run folder); ``resume_from`` continues a job from
 such a folder.
+
+Sites drop out and straggle: a round waits for every selected site until its ``train_timeout`` deadline, then
+completes with the sites that answered if at least ``min_clients`` did (k-of-n); a result that arrives after
+the round closed is logged and dropped, and its site trains again in the next round from the then-current
+global model. When fewer than ``min_clients`` results can still come (sites silent past the deadline, errors,
+or FLARE deems them disconnected), the round waits up to ``min_clients_wait`` seconds more, then the job stops
+with one message naming the missing sites.
 """
 
+import threading
+import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -47,6 +56,7 @@ class FedAggController(ModelController, RoundDriver):
         validate_task_name: str = "validate",
         final_validation: bool = True,
         train_timeout: int = 0,
+        min_clients_wait: float = 300.0,
         persistor_id: str = "persistor",
         max_num_examples: float = 1_000_000,
         norm_outlier_factor: float = 10.0,
@@ -58,13 +68,18 @@ class FedAggController(ModelController, RoundDriver):
             num_rounds: rounds in total (a resumed job counts the rounds it already completed).
             aggregator: fedavg, fedprox, fedavgm, fedadagrad, fedadam or fedyogi; server_lr, beta1, beta2,
                 tau go to the FedOpt ones, fedprox_mu to fedprox (and to every site as its proximal weight).
-            min_clients: accepted results a round needs (0: one); 0 also means every site must answer.
+            min_clients: accepted results a round needs (0: one).
+            train_timeout: seconds a round waits for the selected sites (0: no deadline); at the deadline it
+                completes with the results it has if there are ``min_clients`` of them.
+            min_clients_wait: seconds a round waits on top, when fewer than ``min_clients`` results can still
+                come, before the job stops with one message naming the missing sites.
             max_num_examples / norm_outlier_factor: result validation (see flaretune.aggregation.validation).
             seed: seed of the client-sampling RNG (checkpointed with the rest).
             resume_from: a ``checkpoint`` folder of an earlier run of this job (absolute, or relative to the
                 server's workspace root); the job continues after its last completed round.
         """
-        super().__init__(persistor_id=persistor_id)
+        # a site's error is one missing result: the round loop decides against min_clients, not FLARE
+        super().__init__(persistor_id=persistor_id, ignore_result_error=True)
         self.num_rounds = num_rounds
         self.aggregator = aggregator
         self.server_lr = server_lr
@@ -77,12 +92,16 @@ class FedAggController(ModelController, RoundDriver):
         self.validate_task_name = validate_task_name
         self.final_validation = final_validation
         self.train_timeout = train_timeout
+        self.min_clients_wait = min_clients_wait
         self.max_num_examples = max_num_examples
         self.norm_outlier_factor = norm_outlier_factor
         self.seed = seed
         self.resume_from = resume_from
         if num_rounds < 1:
             raise ConfigError(f"num_rounds must be >= 1, got {num_rounds}")
+        for name, value in (("train_timeout", train_timeout), ("min_clients_wait", min_clients_wait)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
         if fedprox_mu < 0:
             raise ConfigError(f"fedprox_mu must be >= 0, got {fedprox_mu}")
         # validates the name and arguments at job start
@@ -94,6 +113,12 @@ class FedAggController(ModelController, RoundDriver):
         self._store = MemoryStore()
         self._base_meta: dict = {}
         self._restored = ""  # the checkpoint folder FLARE's job snapshot named
+        self._lock = threading.Lock()
+        self._open_round: Optional[int] = None  # the round whose results are being collected
+        self._replies: Dict[str, FLModel] = {}  # not self._results: FLARE's base class keeps its own
+        self._answered: set = set()  # sites that answered the open round (with a result or an error)
+        self._missing: Dict[str, str] = {}  # why each site sent nothing in the last round
+        self._late: List[dict] = []  # results dropped since the last round record
 
     # -- RoundDriver ------------------------------------------------------------------------------
     def available_clients(self) -> List[str]:
@@ -104,11 +129,101 @@ class FedAggController(ModelController, RoundDriver):
             params_type=ParamsType.FULL, params=global_model, current_round=round_number,
             total_rounds=self.num_rounds, meta={**self._base_meta, keys.FEDPROX_MU: self.fedprox_mu, **meta},
         )
-        replies = self.send_model_and_wait(
-            task_name=self.train_task_name, data=task_model, targets=sites,
-            min_responses=self.min_clients or None, timeout=self.train_timeout,
-        )
-        return {_client_name(reply): self._site_result(global_model, reply) for reply in replies}
+        with self._lock:
+            self._open_round, self._replies, self._answered, self._missing = round_number, {}, set(), {}
+        # wait for every site (min_responses 0); the deadline and k-of-n are decided here, not by FLARE
+        self.send_model(task_name=self.train_task_name, data=task_model, targets=sites, min_responses=0,
+                        callback=self._collect)
+        try:
+            self._wait_round(round_number, sites)
+        finally:
+            with self._lock:
+                self._open_round = None
+                replies, answered = dict(self._replies), set(self._answered)
+            self._close_tasks()
+        for site in answered - set(replies):
+            self._missing[site] = "its train task failed (see the site's log)"
+        return {site: self._site_result(global_model, reply) for site, reply in replies.items()}
+
+    def _wait_round(self, round_number: int, sites: List[str]) -> None:
+        """Until every site answered, or the deadline passed with ``min_clients`` results, or the extra wait
+        for too few results ran out."""
+        needed, n = max(1, self.min_clients), self.num_rounds
+        started = time.monotonic()
+        deadline = started + self.train_timeout if self.train_timeout else float("inf")
+        give_up = None
+        while not self.abort_signal.triggered:
+            with self._lock:
+                answered, received = set(self._answered), len(self._replies)
+            silent = [s for s in sites if s not in answered]
+            if not silent:
+                return
+            now = time.monotonic()
+            dead = [s for s in silent if self.get_client_disconnect_time(s)]
+            if now >= deadline and received >= needed:
+                self.warn(f"round {round_number + 1}/{n}: deadline of {self.train_timeout:g}s passed; the round "
+                          f"completes with {received} of {len(sites)} sites; no result from {', '.join(silent)} "
+                          f"(a late result is dropped; the site trains again next round)")
+                self._missing = {s: f"no result within the {self.train_timeout:g}s deadline" for s in silent}
+                return
+            if now < deadline and received + len(silent) - len(dead) >= needed:
+                give_up = None  # enough sites can still answer (a disconnected one may have come back)
+            else:
+                if give_up is None:
+                    give_up = now + self.min_clients_wait
+                    self.warn(f"round {round_number + 1}/{n}: {received} result(s), {needed} needed "
+                              f"(min_clients); waiting up to {self.min_clients_wait:g}s for {', '.join(silent)}"
+                              + (f" (disconnected: {', '.join(dead)})" if dead else ""))
+                if now >= give_up:
+                    waited = (f"within the {self.train_timeout:g}s deadline and {self.min_clients_wait:g}s wait"
+                              if self.train_timeout else f"within {now - started:.0f}s")
+                    self._missing = {s: ("disconnected, no answer " if s in dead else "no answer ") + waited
+                                     for s in silent}
+                    return
+            time.sleep(0.2)
+
+    def _collect(self, reply: FLModel):
+        """FLARE's callback for each result of the standing ``train`` task."""
+        site = _client_name(reply)
+        with self._lock:
+            if self._open_round is not None and reply.current_round in (None, self._open_round):
+                self._replies[site] = reply
+                return True
+        self._drop_late(site, reply.current_round)
+        return False
+
+    def _process_result(self, client_task, fl_ctx) -> None:
+        super()._process_result(client_task, fl_ctx)
+        with self._lock:  # after the callback stored it: an answered site's result is in self._replies
+            self._answered.add(client_task.client.name)
+
+    def process_result_of_unknown_task(self, client, task_name, client_task_id, result, fl_ctx) -> None:
+        """A result of a task that closed at its deadline: logged and dropped (never aggregated)."""
+        from nvflare.app_common.app_constant import AppConstants
+
+        self._drop_late(client.name, result.get_header(AppConstants.CURRENT_ROUND, None), task_name)
+
+    def _drop_late(self, site: str, round_number, task_name: str = "") -> None:
+        task_name = task_name or self.train_task_name
+        shown = f"round {round_number + 1}/{self.num_rounds}" if isinstance(round_number, int) else "a closed round"
+        self.warn(f"late {task_name} result of {site} for {shown} dropped: the round had closed")
+        with self._lock:
+            self._late.append({"site": site, "round": round_number, "task": task_name})
+
+    def _close_tasks(self) -> None:
+        """Cancel what is still standing (the silent sites' tasks) and wait until FLARE removed it."""
+        self.cancel_all_tasks()
+        stop = time.monotonic() + 10
+        while self.get_num_standing_tasks() and time.monotonic() < stop:
+            time.sleep(0.1)
+
+    def missing_reason(self, site: str) -> str:
+        return self._missing.get(site, "no result")
+
+    def round_info(self) -> dict:
+        with self._lock:
+            late, self._late = self._late, []
+        return {"late": late}
 
     def publish(self, global_model, round_number, final) -> str:
         meta = {**self._base_meta, keys.ROUND: round_number, keys.FINAL: final}
@@ -148,7 +263,9 @@ class FedAggController(ModelController, RoundDriver):
         if global_params is None or not self.final_validation or self.abort_signal.triggered:
             return
         final_model = FLModel(params_type=ParamsType.FULL, params=global_params, meta=dict(self._base_meta))
-        results = self.send_model_and_wait(task_name=self.validate_task_name, data=final_model)
+        alive = [s for s in self.available_clients() if not self.get_client_disconnect_time(s)]
+        results = self.send_model_and_wait(task_name=self.validate_task_name, data=final_model, targets=alive,
+                                           timeout=int(self.train_timeout)) if alive else []
         history["final"] = {_client_name(r): r.metrics or {} for r in results}
         self.info(f"final global model on each site's test split: {summary(history['final'])}")
         write_history(self._global_dir() / HISTORY_FILE, history)

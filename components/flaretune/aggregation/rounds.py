@@ -12,7 +12,8 @@ model, the strategy's state, the sampling RNG and the history, so a job started 
 
     {"strategy": "fedadam", "rounds": [{"round": 0, "seconds": 12.3, "global_model": "...",
       "sites": {"site-1": {"num_examples": 300, "metrics": {...}, "upload_param_bytes": 163764}},
-      "rejected": {"site-3": "tensor 'x' has 1 non-finite value(s) (NaN or Inf)"}, "missing": []}],
+      "rejected": {"site-3": "tensor 'x' has 1 non-finite value(s) (NaN or Inf)"}, "missing": [],
+      "late": [{"site": "site-2", "round": 0, "task": "train"}]}],
      "final": {...}, "error": "..."}
 
 Rounds are numbered from 0; the log says ``round r+1/N``.
@@ -123,6 +124,10 @@ class RoundDriver(ABC):
         """Extra fields for this round's history record (e.g. transfer figures)."""
         return {}
 
+    def missing_reason(self, site: str) -> str:
+        """Why ``site`` sent no result this round (for the one message that stops a job)."""
+        return "no result"
+
     @abstractmethod
     def aborted(self) -> bool: ...
 
@@ -218,7 +223,8 @@ def run_rounds(
             driver.warn(f"round {r + 1}/{n}: rejected the result of {site}: {reason}")
         needed = max(1, settings.min_clients)
         if len(accepted) < needed:
-            problems = [f"{site}: {reason}" for site, reason in rejected.items()] + [f"{s}: no result" for s in missing]
+            problems = ([f"{site}: {reason}" for site, reason in rejected.items()]
+                        + [f"{s}: {driver.missing_reason(s)}" for s in missing])
             message = (f"round {r + 1}/{n}: {len(accepted)} result(s) accepted, {needed} needed "
                        f"(min_clients); {'; '.join(problems) or 'no site answered'}")
             history["error"] = message
