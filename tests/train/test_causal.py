@@ -105,10 +105,22 @@ def test_label_scoring_picks_the_trained_answers_and_steps_are_fast():
 def test_classification_scores():
     scores = classification_scores(["positive", "negative", "negative", "neutral"], ["positive", "negative", "positive", "positive"])
     assert scores["accuracy"] == 0.5
-    assert scores["per_label"]["negative"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    assert scores["per_label"]["negative"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2,
+                                               "predicted": 1}
+    assert scores["per_label"]["positive"]["predicted"] == 3 and scores["collapse"] is None
     assert scores["per_label"]["neutral"]["f1"] == 0.0
     assert scores["per_label"]["positive"]["f1"] == pytest.approx(0.5)  # precision 1/3, recall 1
     assert scores["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 0.0) / 3)
+
+
+def test_a_classifier_answering_one_label_is_flagged_as_collapsed():
+    gold = ["negative"] * 10 + ["neutral"] * 7 + ["positive"] * 3
+    collapsed = classification_scores(gold, ["negative"] * 20)
+    assert collapsed["accuracy"] == 0.5 and collapsed["macro_f1"] == pytest.approx((2 * 0.5 / 1.5) / 3)
+    assert collapsed["collapse"].startswith("COLLAPSE: the model answers 'negative' for 100% of the test examples "
+                                            "(gold share 50%)")
+    assert classification_scores(gold, ["negative"] * 18 + ["neutral", "positive"])["collapse"] is None  # 90% < 95%
+    assert classification_scores(["negative"] * 20, ["negative"] * 20)["collapse"] is None  # gold is one label too
 
 
 def test_trainer_rejects_a_token_classifier_and_tiny_max_length():

@@ -1,13 +1,26 @@
-"""Federated vs centralized vs local-only, on the same data and the same number of epochs."""
+"""Federated vs centralized vs local-only (vs zero-shot), on the same data and the same training budget.
+
+One flow for every scenario (:mod:`flaretune.compare.scenarios`): the federated setting is the job
+folder run unchanged in the FLARE simulator; the baselines train in process with the same trainer,
+hyper-parameters and learning-rate schedule, and every setting is scored on the shared test set by
+the scenario's one evaluation function.
+
+Budgets: a job that trains ``local_epochs`` per round gives each baseline ``rounds × local_epochs``
+epochs over its data. A job capped at ``max_steps`` per round gives each local-only site the steps
+it took in the federation (``rounds × max_steps``) and the centralized run the steps of all sites
+together (``sites × rounds × max_steps``): every setting sees as many training examples as the
+sites it stands for.
+"""
 
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from flaretune.compare.data import prepare
 from flaretune.compare.report import write_plot
+from flaretune.compare.scenarios import Scenario, scenario_for
 from flaretune.jobcfg import JobFolder
 from flaretune.models.lora import PeftSpec
 
@@ -18,13 +31,43 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _spec_from_job(job: JobFolder, labels: List[str], model: Optional[str]) -> PeftSpec:
-    args = dict(job.persistor_args)
-    args["labels"] = labels
-    if model:
-        args["model_name"] = model
-    args.pop("output_dir", None)
-    return PeftSpec(**args)
+@dataclass
+class Options:
+    """What the command line sets; ``None`` keeps what the job folder says."""
+
+    sites: int = 3
+    rounds: Optional[int] = None
+    seed: int = 0
+    skew: float = 0.8  # NER: entity-mix skew of the site split
+    alpha: float = 0.5  # instructions: Dirichlet alpha over labels
+    train: Optional[str] = None
+    test: Optional[str] = None
+    quantize: Optional[str] = None
+    model: Optional[str] = None
+    style: Optional[str] = None
+    dp_epsilon: Optional[float] = None
+    aggregator: Optional[str] = None
+    server_lr: Optional[float] = None
+
+
+@dataclass
+class Run:
+    """One comparison's fixed parts: the job, its scenario and data, the spec and the baselines' budget."""
+
+    job: JobFolder
+    scenario: Scenario
+    options: Options
+    out: Path
+    data: object
+    spec: PeftSpec
+    rounds: int
+    hp: Dict[str, object]
+    evaluator: object = None
+    test_encoded: List = field(default_factory=list)
+
+    @property
+    def executor_args(self) -> dict:
+        return self.job.executor_args
 
 
 def torch_threads() -> int:
@@ -41,135 +84,218 @@ def torch_threads() -> int:
     return max(1, min(cores, cores - busy))
 
 
-def _fit_and_score(spec, train_sentences, test_encoded, hp, label: str) -> dict:
-    """Train a fresh adapter from the job's spec and score it on the shared (already encoded) test set."""
-    from flaretune.train.ner_trainer import NerTrainer
+def _spec_from_job(job: JobFolder, scenario: Scenario, labels: List[str], model: Optional[str]) -> PeftSpec:
+    args = dict(job.persistor_args)
+    if scenario.labels_in_spec:
+        args["labels"] = labels
+    if model:
+        args["model_name"] = model
+    args.pop("output_dir", None)
+    return PeftSpec(**args)
 
-    trainer = NerTrainer(spec, max_length=hp["max_length"], num_threads=torch_threads())
-    encoded = trainer.encode(train_sentences)
-    total_epochs = hp["epochs"]
 
-    total_steps = max(1, round(total_epochs * -(-len(encoded) // hp["batch_size"])))
+def start(job_dir, out_dir, options: Options, step_count: int) -> Run:
+    """Read the job, prepare the data and the evaluator: what every setting of a comparison shares."""
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    job = JobFolder(job_dir)
+    scenario = scenario_for(job)
+    rounds = options.rounds or job.num_rounds
+    _say(f"[1/{step_count}] data: preparing {options.sites} sites under {out / 'data'} (scenario {scenario.name})")
+    data = scenario.prepare(out, options)
+    _say(f"  {data.description}")
+    for name, part in data.site_train.items():
+        _say(f"  {name}: {len(part)} training records{_label_mix(part)}")
+    _say(f"  shared test set: {len(data.test)} records{_label_mix(data.test)}")
+    spec = _spec_from_job(job, scenario, data.labels, options.model)
+    ex = job.executor_args
+    hp = {"lr": float(ex.get("learning_rate", 1e-3)), "batch_size": int(ex.get("batch_size", 16)),
+          "seed": options.seed, "epochs_per_round": float(ex.get("local_epochs", 1)),
+          "max_steps": int(ex.get("max_steps", 0) or 0),
+          "warmup_ratio": float(ex.get("warmup_ratio", 0.0)), "schedule": str(ex.get("lr_schedule", "constant"))}
+    run = Run(job, scenario, options, out, data, spec, rounds, hp)
+    run.evaluator = scenario.make_trainer(spec, ex, torch_threads())
+    run.test_encoded = run.evaluator.encode(data.test)
+    return run
 
-    def on_step(step, loss, every=max(1, total_steps // 5)):
-        if step % every == 0 and step < total_steps:
-            _say(f"    {label}: step {step}/{total_steps}, loss {loss:.4f}")
+
+def _label_mix(records) -> str:
+    outputs = [getattr(r, "output", None) for r in records]
+    if not outputs or any(o is None for o in outputs):
+        return ""
+    counts: Dict[str, int] = {}
+    for o in outputs:
+        counts[o.strip().lower()] = counts.get(o.strip().lower(), 0) + 1
+    return " (" + ", ".join(f"{k} {v / len(outputs):.0%}" for k, v in sorted(counts.items())) + ")"
+
+
+def federated(run: Run, folder: Path, step: str, workflow: Optional[dict] = None) -> dict:
+    """The job folder in the FLARE simulator under ``folder``; every round's global model scored on the test set.
+
+    ``workflow`` overrides the controller's arguments (``aggregator``, ``server_lr``, ``fedprox_mu`` ...)."""
+    from safetensors.numpy import load_file
+
+    from flaretune.simulate import run_simulator
+    from flaretune.wire import update_wire_bytes
+
+    options, job = run.options, JobFolder(run.job.path)  # a fresh copy: each federated run edits its own
+    job.set_rounds(run.rounds)
+    job.set_sites(options.sites)
+    job.persistor_args.update({"model_name": run.spec.model_name, "seed": options.seed})
+    if run.scenario.labels_in_spec:
+        job.persistor_args["labels"] = run.data.labels
+    ex = job.executor_args
+    ex.update({"data_path": str(run.data.root / "{site_name}"), "seed": options.seed,
+               "num_threads": max(1, (os.cpu_count() or 2) // options.sites)})
+    job.workflow_args.update(workflow or {})
+    if options.quantize is not None:
+        job.set_quantization(options.quantize, TASKS)
+    dp = _dp_sgd(ex, run.rounds, run.hp["epochs_per_round"], options.dp_epsilon) if options.dp_epsilon else None
+    quantization = job.quantization()
+    folder.mkdir(parents=True, exist_ok=True)
+    run_job = job.write(folder / "job")
+    budget = (f"{run.hp['max_steps']} local steps" if run.hp["max_steps"] else
+              f"{run.hp['epochs_per_round']:g} local epochs")
+    name = job.workflow_args.get("aggregator", "fedavg")
+    lr = job.workflow_args.get("server_lr")
+    _say(f"{step} federated: {run.rounds} rounds × {budget}, {options.sites} sites, aggregator {name}"
+         f"{f' (server lr {lr:g})' if lr is not None and name not in ('fedavg', 'fedprox') else ''}, "
+         f"quantization {quantization or 'none'} (FLARE simulator, log {folder / 'federated.log'})")
+    started = time.time()
+    run_dir = run_simulator(run_job, folder / "workspace", options.sites, log_file=folder / "federated.log")
+    seconds = time.time() - started
+    global_dir = run_dir / "global_model"
+    per_round, per_round_scores = [], []
+    for round_number in range(run.rounds):
+        run.evaluator.set_params(load_file(str(global_dir / f"round-{round_number:03d}.safetensors")))
+        scores = run.evaluator.evaluate(run.test_encoded)
+        per_round_scores.append(scores)
+        per_round.append(float(scores[run.scenario.headline]))
+        _say(f"  round {round_number + 1}/{run.rounds}: {run.scenario.describe(scores)}")
+    final = per_round_scores[-1]
+    _say(f"  federated: {seconds:.0f}s in the simulator; {run.scenario.describe(final)}")
+    _warn_collapse("federated", final)
+    adapter = run.evaluator.get_params()
+    wire = update_wire_bytes({k: v.numpy() for k, v in adapter.items()}, quantization)
+    return {
+        "setting": {**run.scenario.setting(final), "per_round": per_round, "seconds": round(seconds, 1)},
+        "per_round_scores": per_round_scores, "scores": final, "bytes_per_round_per_client": wire,
+        "quantization": quantization or "none", "aggregator": name, "server_lr": lr, "dp": dp,
+        "adapter_dir": str(global_dir / "adapter"), "seconds": seconds,
+    }
+
+
+def _steps(run: Run, n_sites_pooled: int) -> int:
+    """Baseline steps for a job capped at ``max_steps`` per round (0: the job trains by epochs)."""
+    return run.hp["max_steps"] * run.rounds * n_sites_pooled if run.hp["max_steps"] else 0
+
+
+def fit_and_score(run: Run, records, label: str, n_sites_pooled: int = 1) -> dict:
+    """Train a fresh adapter from the job's spec on ``records`` and score it on the shared test set."""
+    hp = run.hp
+    trainer = run.scenario.make_trainer(run.spec, run.executor_args, torch_threads())
+    encoded = trainer.encode(records)
+    max_steps = _steps(run, n_sites_pooled)
+    epochs = run.rounds * hp["epochs_per_round"]
+    if max_steps:  # enough passes for the steps; the step count is what bounds the run
+        epochs = max(epochs, -(-max_steps * hp["batch_size"] // max(1, len(encoded))))
+    from flaretune.train.loop import total_steps
+
+    total = total_steps(len(encoded), hp["batch_size"], epochs, max_steps)
+
+    def on_step(step, loss, every=max(1, total // 5)):
+        if step % every == 0 and step < total:
+            _say(f"    {label}: step {step}/{total}, loss {loss:.4f}")
 
     started = time.time()
-    trainer.fit(encoded, epochs=total_epochs, learning_rate=hp["lr"], batch_size=hp["batch_size"], seed=hp["seed"],
-                on_step=on_step, warmup_ratio=hp["warmup_ratio"], schedule=hp["schedule"])
-    scores = trainer.evaluate(test_encoded)
-    _say(f"  {label}: {len(train_sentences)} sentences × {total_epochs:g} epochs in {time.time() - started:.0f}s "
-         f"-> test F1 {scores['f1']:.4f} ({scores['n_predicted']} entities predicted, {scores['n_gold']} gold)")
+    trainer.fit(encoded, epochs=epochs, learning_rate=hp["lr"], batch_size=hp["batch_size"], seed=hp["seed"],
+                max_steps=max_steps, on_step=on_step, warmup_ratio=hp["warmup_ratio"], schedule=hp["schedule"])
+    scores = trainer.evaluate(run.test_encoded)
+    budget = f"{total} steps" if max_steps else f"{epochs:g} epochs"
+    _say(f"  {label}: {len(records)} records × {budget} in {time.time() - started:.0f}s -> "
+         f"{run.scenario.describe(scores)}")
     _warn_collapse(label, scores)
     return scores
 
 
-def _warn_collapse(label: str, scores: dict) -> None:
-    if scores.get("collapse"):
-        _say(f"  WARNING {label}: {scores['collapse']}")
+def zero_shot(run: Run) -> Optional[dict]:
+    """The base model without tuning (a fresh adapter is the identity), scored by the same function."""
+    if not run.scenario.zero_shot:
+        return None
+    trainer = run.scenario.make_trainer(run.spec, run.executor_args, torch_threads())
+    scores = trainer.evaluate(run.test_encoded)
+    _say(f"  zero-shot: {run.scenario.describe(scores)}")
+    return scores
 
 
-def _setting(scores: dict) -> dict:
-    """What report.json keeps of one setting's test scores."""
-    return {"test": scores["f1"], "per_type": _per_type(scores), "n_predicted": scores["n_predicted"],
-            "n_gold": scores["n_gold"], "collapse": scores.get("collapse")}
+def baselines(run: Run, first_step: int, step_count: int) -> dict:
+    """Centralized (all sites pooled), local-only (each site alone) and, where meaningful, zero-shot."""
+    budget = (f"{_steps(run, len(run.data.site_train))} steps" if run.hp["max_steps"] else
+              f"{run.rounds * run.hp['epochs_per_round']:g} epochs")
+    _say(f"[{first_step}/{step_count}] centralized: all sites' training data pooled, {budget}")
+    pooled = [r for part in run.data.site_train.values() for r in part]
+    central = fit_and_score(run, pooled, "centralized", n_sites_pooled=len(run.data.site_train))
+    local_budget = f"{_steps(run, 1)} steps" if run.hp["max_steps"] else budget
+    _say(f"[{first_step + 1}/{step_count}] local-only: each site alone, {local_budget}")
+    local = {name: fit_and_score(run, part, f"local-only {name}") for name, part in run.data.site_train.items()}
+    zero = None
+    if run.scenario.zero_shot:
+        _say(f"[{first_step + 2}/{step_count}] zero-shot: the base model, untuned")
+        zero = zero_shot(run)
+    return {"centralized": central, "local": local, "zero_shot": zero}
 
 
 def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed: int = 0, skew: float = 0.8,
             train_file=None, test_file=None, quantize: Optional[str] = None, model: Optional[str] = None,
-            style: str = "notes", dp_epsilon: Optional[float] = None) -> dict:
-    from safetensors.numpy import load_file
-
-    from flaretune.simulate import run_simulator
-    from flaretune.train.ner_trainer import NerTrainer
-    from flaretune.wire import update_wire_bytes
-
+            style: Optional[str] = None, dp_epsilon: Optional[float] = None, alpha: float = 0.5,
+            aggregator: Optional[str] = None, server_lr: Optional[float] = None) -> dict:
+    """The whole comparison; writes ``report.json`` and ``report.png`` under ``out_dir``."""
+    options = Options(sites, rounds, seed, skew, alpha, train_file, test_file, quantize, model, style, dp_epsilon,
+                      aggregator, server_lr)
     started = time.time()
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    job = JobFolder(job_dir)
-    rounds = rounds or job.num_rounds
-    _say(f"[1/5] data: preparing {sites} sites under {out / 'data'}")
-    data = prepare(out, sites, seed, skew, train_file, test_file, style=style)
-    _say(f"  {data.description}")
-    for name, part in data.site_train.items():
-        _say(f"  {name}: {len(part)} training sentences")
-    _say(f"  shared test set: {len(data.test)} sentences")
+    probe = scenario_for(JobFolder(job_dir))
+    steps = 6 if probe.zero_shot else 5
+    run = start(job_dir, out_dir, options, steps)
+    workflow = {key: value for key, value in (("aggregator", aggregator), ("server_lr", server_lr)) if value is not None}
+    fed = federated(run, run.out, f"[2/{steps}]", workflow)
+    base = baselines(run, 3, steps)
+    _say(f"[{steps}/{steps}] report")
+    report = build_report(run, fed, base, time.time() - started)
+    (run.out / "report.json").write_text(json.dumps(report, indent=2))
+    write_plot(report, run.out / "report.png")
+    return report
 
-    spec = _spec_from_job(job, data.labels, model)
-    ex = job.executor_args
-    epochs_per_round = float(ex.get("local_epochs", 1))
-    hp = {"lr": float(ex.get("learning_rate", 1e-3)), "batch_size": int(ex.get("batch_size", 16)),
-          "max_length": int(ex.get("max_length", 64)), "seed": seed, "epochs": rounds * epochs_per_round,
-          "warmup_ratio": float(ex.get("warmup_ratio", 0.0)), "schedule": str(ex.get("lr_schedule", "constant"))}
 
-    # -- federated ------------------------------------------------------------------------------
-    job.set_rounds(rounds)
-    job.set_sites(sites)
-    job.persistor_args.update({"labels": data.labels, "model_name": spec.model_name, "seed": seed})
-    ex.update({"data_path": str(data.root / "{site_name}"), "seed": seed,
-               "num_threads": max(1, (os.cpu_count() or 2) // sites)})
-    if quantize is not None:
-        job.set_quantization(quantize, TASKS)
-    dp = _dp_sgd(ex, rounds, epochs_per_round, dp_epsilon) if dp_epsilon else None
-    quantization = job.quantization()
-    run_job = job.write(out / "job")
-    _say(f"[2/5] federated: {rounds} rounds × {epochs_per_round:g} local epochs, {sites} sites, "
-         f"aggregator {job.workflow_args.get('aggregator', 'fedavg')}, quantization {quantization or 'none'} "
-         f"(FLARE simulator, log {out / 'federated.log'})")
-    fed_started = time.time()
-    run_dir = run_simulator(run_job, out / "workspace", sites, log_file=out / "federated.log")
-    fed_seconds = time.time() - fed_started
-    global_dir = run_dir / "global_model"
-
-    evaluator = NerTrainer(spec, max_length=hp["max_length"], num_threads=torch_threads())
-    test_encoded = evaluator.encode(data.test)
-    per_round, fed_scores = [], None
-    for round_number in range(rounds):
-        evaluator.set_params(load_file(str(global_dir / f"round-{round_number:03d}.safetensors")))
-        fed_scores = evaluator.evaluate(test_encoded)  # the last round's are the federated model's scores
-        per_round.append(fed_scores["f1"])
-    _say(f"  federated: {fed_seconds:.0f}s, test F1 per round {', '.join(f'{f:.3f}' for f in per_round)} "
-         f"({fed_scores['n_predicted']} entities predicted, {fed_scores['n_gold']} gold)")
-    _warn_collapse("federated", fed_scores)
-    adapter = evaluator.get_params()
-    wire = update_wire_bytes({k: v.numpy() for k, v in adapter.items()}, quantization)
-    full_bytes = 4 * sum(p.numel() for p in evaluator.model.parameters())
-
-    _say(f"[3/5] centralized: all sites' training data pooled, {hp['epochs']:g} epochs")
-    pooled = [s for part in data.site_train.values() for s in part]
-    central = _fit_and_score(spec, pooled, test_encoded, hp, "centralized")
-
-    _say(f"[4/5] local-only: each site alone, {hp['epochs']:g} epochs")
-    local: Dict[str, dict] = {}
-    for name, part in data.site_train.items():
-        local[name] = _fit_and_score(spec, part, test_encoded, hp, f"local-only {name}")
-    local_mean = sum(s["f1"] for s in local.values()) / len(local)
-
+def build_report(run: Run, fed: dict, base: dict, wall_s: float) -> dict:
+    scenario, local = run.scenario, base["local"]
+    local_mean = sum(float(s[scenario.headline]) for s in local.values()) / len(local)
     report = {
-        "dp": dp,
-        "scenario": "clinical_ner",
-        "metric": "entity_f1",
-        "federated": {**_setting(fed_scores), "per_round": per_round, "seconds": round(fed_seconds, 1)},
-        "centralized": _setting(central),
-        "local_only": {"per_site": {n: s["f1"] for n, s in local.items()}, "mean": local_mean,
-                       "sites": {n: _setting(s) for n, s in local.items()}},
-        "collapse": [f"{name}: {text}" for name, text in _collapses(fed_scores, central, local)],
-        "bytes_per_round_per_client": wire,
-        "full_model_bytes": full_bytes,
-        "rounds": rounds,
-        "wall_s": round(time.time() - started, 1),
-        "sites": sites,
-        "seed": seed,
-        "model": spec.model_name,
-        "quantization": quantization or "none",
-        "data": data.description,
-        "adapter_dir": str(global_dir / "adapter"),
+        "dp": fed["dp"],
+        "scenario": scenario.name,
+        "metric": scenario.metric,
+        "federated": fed["setting"],
+        "centralized": scenario.setting(base["centralized"]),
+        "local_only": {"per_site": {n: float(s[scenario.headline]) for n, s in local.items()}, "mean": local_mean,
+                       "sites": {n: scenario.setting(s) for n, s in local.items()}},
+        "collapse": [f"{name}: {text}" for name, text in _collapses(fed["scores"], base["centralized"], local)],
+        "bytes_per_round_per_client": fed["bytes_per_round_per_client"],
+        "full_model_bytes": 4 * sum(p.numel() for p in run.evaluator.model.parameters()),
+        "rounds": run.rounds,
+        "wall_s": round(wall_s, 1),
+        "sites": run.options.sites,
+        "seed": run.options.seed,
+        "model": run.spec.model_name,
+        "aggregator": fed["aggregator"],
+        "server_lr": fed["server_lr"],
+        "quantization": fed["quantization"],
+        "data": run.data.description,
+        "adapter_dir": fed["adapter_dir"],
     }
-    _say("[5/5] report")
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    write_plot(report, out / "report.png")
+    if "macro_f1" in report["centralized"]:
+        report["local_only"]["macro_f1_mean"] = sum(s["macro_f1"] for s in report["local_only"]["sites"].values()) / len(local)
+    if base["zero_shot"] is not None:
+        zero = scenario.setting(base["zero_shot"])
+        report["zero_shot"] = {"test": zero["test"], "macro_f1": zero.get("macro_f1"), "predicted": zero.get("predicted")}
     return report
 
 
@@ -196,10 +322,11 @@ def _dp_sgd(executor_args: dict, rounds: int, epochs_per_round: float, epsilon: 
             "clip": DP_CLIP, "steps_per_round": steps_per_round}
 
 
+def _warn_collapse(label: str, scores: dict) -> None:
+    if scores.get("collapse"):
+        _say(f"  WARNING {label}: {scores['collapse']}")
+
+
 def _collapses(fed: dict, central: dict, local: Dict[str, dict]):
     settings = [("federated", fed), ("centralized", central)] + [(f"local-only {n}", s) for n, s in local.items()]
     return [(name, s["collapse"]) for name, s in settings if s.get("collapse")]
-
-
-def _per_type(scores: dict) -> Dict[str, float]:
-    return {name: values["f1"] for name, values in scores["per_type"].items()}

@@ -167,7 +167,13 @@ def answer_loss(model, encoded: Sequence[Encoded], pad_id: int, batch_size: int 
 
 
 def classification_scores(gold: Sequence[str], predicted: Sequence[str]) -> Dict[str, object]:
-    """Accuracy and per-label precision/recall/F1 (fractions); macro F1 over labels seen in gold or predictions."""
+    """Accuracy and per-label precision/recall/F1 (fractions); macro F1 over labels seen in gold or predictions.
+
+    ``per_label[label]["predicted"]`` counts the examples answered ``label``; ``collapse`` is a one-line
+    warning when (nearly) every answer is one label on a mixed test set, else None.
+    """
+    from flaretune.train.diagnose import label_collapse_warning
+
     labels = sorted(set(gold) | set(predicted))
     per_label = {}
     for label in labels:
@@ -177,12 +183,14 @@ def classification_scores(gold: Sequence[str], predicted: Sequence[str]) -> Dict
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_label[label] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
+        per_label[label] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn,
+                            "predicted": tp + fp}
     correct = sum(g == p for g, p in zip(gold, predicted))
     return {
         "accuracy": correct / len(gold) if gold else 0.0,
         "macro_f1": sum(v["f1"] for v in per_label.values()) / len(per_label) if per_label else 0.0,
         "per_label": per_label,
+        "collapse": label_collapse_warning(list(gold), list(predicted)),
     }
 
 

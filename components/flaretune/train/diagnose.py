@@ -72,3 +72,27 @@ def collapse_warning(
         return (f"{COLLAPSE_PREFIX} entity F1 is 0 ({n_predicted} predicted, {n_gold} gold entities) while "
                 f"the loss has plateaued at {float(losses[-1]):.4f}; {_CAUSES}")
     return None
+
+
+# a classifier "collapses" when one label takes at least this share of its predictions ...
+_LABEL_COLLAPSE_SHARE = 0.95
+# ... while the gold labels are mixed: that label's own gold share is at most this
+_LABEL_MIXED_SHARE = 0.8
+
+
+def label_collapse_warning(gold: Sequence[str], predicted: Sequence[str]) -> Optional[str]:
+    """One line when a classifier answers (nearly) one label for every example of a mixed test set.
+
+    The label-word analogue of predicting 'O' everywhere: accuracy can still look respectable (the
+    majority label's share) while macro-F1 shows the model has learned nothing about the others.
+    """
+    if not gold or len(gold) != len(predicted):
+        return None
+    top = max(set(predicted), key=lambda label: (predicted.count(label), label))
+    share = predicted.count(top) / len(predicted)
+    gold_share = sum(g == top for g in gold) / len(gold)
+    if share >= _LABEL_COLLAPSE_SHARE and gold_share <= _LABEL_MIXED_SHARE:
+        return (f"{COLLAPSE_PREFIX} the model answers {top!r} for {share:.0%} of the test examples "
+                f"(gold share {gold_share:.0%}); likely causes: learning rate too high or too few steps, "
+                "or a training split that holds one label")
+    return None
