@@ -65,3 +65,12 @@ PUSHED_MODEL_DIR = "flaretune_pushed_model_dir"
 # non-sticky FLContext property of one task on a site: the global model (name -> float64 array) the task
 # data carried, recorded by GaussianPrivacyFilter's task-data half so its result half can measure the update
 DP_RECEIVED_MODEL = "flaretune_dp_received_model"
+
+# ---- secure aggregation (flaretune.aggregation.secagg, flaretune.filters.secagg) ----
+SECAGG = "flaretune_secagg"  # task meta: the protocol step's request; result meta: the site's answer
+SECAGG_ADVERTISE_TASK = "secagg_advertise"  # the extra tasks of a secure-aggregation round
+SECAGG_SHARE_TASK = "secagg_share"
+SECAGG_UNMASK_TASK = "secagg_unmask"
+SECAGG_WEIGHT = "flaretune_secagg.weight"  # masked result: the site's example count, masked with its update
+# non-sticky FLContext property of one task on a site: the request its task data carried (data half -> result half)
+SECAGG_REQUEST = "flaretune_secagg_request"
