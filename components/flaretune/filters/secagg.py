@@ -1,0 +1,168 @@
+"""The site's half of secure aggregation: a FLARE filter that holds the site's secrets and masks its update.
+
+:class:`SecureAggregationFilter` is the only place a site's secure-aggregation keys, self-mask seed and
+Shamir shares live (a :class:`~flaretune.ops.secagg_protocol.ClientParty` per job and site). It goes in
+both ``task_data_filters`` and ``task_result_filters`` of the training task and of the three protocol
+tasks (``secagg_advertise``, ``secagg_share``, ``secagg_unmask``), or once in a site's ``privacy.json``
+scope, where FLARE applies it to every task of every job:
+
+* task data (in): it records the server's request (``meta["flaretune_secagg"]``) in the task's FLContext;
+* protocol task results (out): :class:`~flaretune.executors.secagg.SecAggProtocolExecutor` answers with
+  an empty result, and the filter replaces it with the site's answer to the recorded request;
+* ``train`` results (out): the WEIGHTS / WEIGHT_DIFF update ``x`` and its example count ``n`` become
+  ``encode(n·x) ++ [encode(n)]`` in Z_{2^k}, masked; the tensors keep their names and shapes (as uint32 or
+  uint64), the example count travels masked as ``flaretune_secagg.weight``. The plain ``num_examples``
+  and the training metrics are removed from the result: the server learns only the weighted sum.
+
+It fails closed. A model result it cannot mask — a task that carries no secure-aggregation round (the job
+runs plain FedAvg, or asks for ``submit_model``), a value out of the fixed-point range, a protocol step
+out of order — never leaves: a result with no round raises FLARE's ``UnsafeJobError`` (the site marks the
+job unsafe and answers ``UNSAFE_JOB``), a failed step raises and the site drops out of that round.
+Metrics-only results (``validate``) pass. Put it after any filter that must see the plain update
+(``GaussianPrivacyFilter``, ``AdapterOnlyGuard``): masked tensors are integers nothing else can read.
+
+Result meta contract (key ``flaretune_secagg``) on a masked result::
+
+    {"round": id, "layout": [[name, shape], ...], "fraction_bits": f, "modulus_bits": k, "masked": true}
+"""
+
+import threading
+from typing import Dict, Tuple
+
+import numpy as np
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.filter import Filter
+from nvflare.apis.fl_constant import FilterKey, FLContextKey, ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.fl_exception import UnsafeJobError
+from nvflare.apis.shareable import Shareable
+
+from flaretune import keys
+from flaretune.aggregation.validation import check_num_examples
+from flaretune.errors import ConfigError
+from flaretune.ops import secagg as sa
+from flaretune.ops.secagg_protocol import ClientParty
+
+_MODEL_KINDS = (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF)
+_PARTIES: Dict[Tuple[str, str], ClientParty] = {}  # (job id, site): one party, whichever filter instance asks
+_LOCK = threading.Lock()
+
+
+def _party(fl_ctx: FLContext) -> ClientParty:
+    key = (str(fl_ctx.get_job_id()), fl_ctx.get_identity_name())
+    with _LOCK:
+        return _PARTIES.setdefault(key, ClientParty(key[1]))
+
+
+def _float(name: str, value) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().double().numpy()
+    array = np.asarray(value)
+    if array.dtype.kind != "f":
+        raise sa.SecAggError(f"cannot mask {name!r} ({array.dtype}): only float tensors are aggregated")
+    return array.astype(np.float64)
+
+
+class SecureAggregationFilter(Filter):
+    """Answer the secure-aggregation steps and mask every model update this site sends (see the module doc).
+
+    Args:
+        max_num_examples: the largest example count the site may weight its update with (checked here,
+            since the server never sees it).
+        keep_metrics: send the training metrics along unmasked; default False.
+    """
+
+    def __init__(self, max_num_examples: float = 1_000_000, keep_metrics: bool = False):
+        super().__init__()
+        self.max_num_examples = max_num_examples
+        self.keep_metrics = keep_metrics
+        if check_num_examples(1, max_num_examples) is not None or isinstance(max_num_examples, bool):
+            raise ConfigError(f"max_num_examples for SecureAggregationFilter must be a number >= 1, "
+                              f"got {max_num_examples!r}")
+        if not isinstance(keep_metrics, bool):
+            raise ConfigError(f"keep_metrics for SecureAggregationFilter must be true or false, got {keep_metrics!r}")
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        direction = fl_ctx.get_prop(FLContextKey.FILTER_DIRECTION)
+        if direction == FilterKey.IN:
+            request = self._meta(shareable)
+            fl_ctx.set_prop(keys.SECAGG_REQUEST, request.get(keys.SECAGG) if request else None,
+                            private=True, sticky=False)
+            return shareable
+        if direction != FilterKey.OUT:
+            raise RuntimeError(f"{type(self).__name__}: unknown filter direction {direction!r}; refusing to pass data")
+        if shareable.get_return_code() != ReturnCode.OK:
+            return shareable
+        try:
+            dxo = from_shareable(shareable)
+        except Exception:
+            return shareable  # no DXO: no tensors to mask
+        answered = dxo.get_meta_prop(keys.SECAGG)
+        if isinstance(answered, dict) and answered.get("answered"):
+            return shareable  # a second instance (job and site both list the filter): already done
+        request = fl_ctx.get_prop(keys.SECAGG_REQUEST)
+        step = request.get("step") if isinstance(request, dict) else None
+        site, task = fl_ctx.get_identity_name(), fl_ctx.get_prop(FLContextKey.TASK_NAME)
+        if dxo.data_kind in _MODEL_KINDS:
+            if step != "train":
+                message = (f"{type(self).__name__}: {site} sends model updates only under secure aggregation; the "
+                           f"result of task {task!r} carries no secure-aggregation round, so it stays here (run the "
+                           f"job with flaretune.aggregation.secagg.SecAggController)")
+                self.log_error(fl_ctx, message)
+                raise UnsafeJobError(message)
+            return self._masked(dxo, request, fl_ctx).update_shareable(shareable)
+        if step in ("advertise", "share", "unmask"):
+            answer = self._answer(step, request, fl_ctx)
+            reply = DXO(DataKind.METRICS, data={}, meta={keys.SECAGG: {**answer, "round": request["round"],
+                                                                           "answered": True}})
+            return reply.update_shareable(shareable)
+        return shareable  # metrics (validation scores) and anything without tensors
+
+    @staticmethod
+    def _meta(shareable: Shareable) -> dict:
+        try:
+            return dict(from_shareable(shareable).meta or {})
+        except Exception:
+            return {}
+
+    def _answer(self, step: str, request: dict, fl_ctx: FLContext) -> dict:
+        party, rid = _party(fl_ctx), request["round"]
+        if step == "advertise":
+            return {"keys": party.advertise(rid, request["sites"], int(request["threshold"]))}
+        if step == "share":
+            return {"sealed": party.share_keys(rid, request["roster"])}
+        inbox = request["inbox"].get(party.name, {})
+        shares = party.unmask(rid, request["u2"], inbox)
+        self.log_info(fl_ctx, f"{party.name}: revealed {len(shares)} share(s) to unmask the sum of "
+                              f"{len(request['u2'])} site(s)")
+        return {"shares": shares}
+
+    def _masked(self, dxo: DXO, request: dict, fl_ctx: FLContext) -> DXO:
+        party = _party(fl_ctx)
+        n = dxo.get_meta_prop(keys.NUM_EXAMPLES)
+        reason = check_num_examples(n, self.max_num_examples)
+        if reason:
+            raise sa.SecAggError(f"{party.name}: cannot weight the update: {reason}")
+        f, k, u1 = int(request["fraction_bits"]), int(request["modulus_bits"]), list(request["u1"])
+        values = {name: _float(name, v) for name, v in dxo.data.items()}
+        vector, layout = sa.flatten(values)
+        weighted = np.concatenate([vector * float(n), [float(n)]])  # n·x, then n: both summed under the masks
+        masked = party.mask(request["round"], u1, sa.encode(weighted, f, k, len(u1)), k)
+        data = {name: part for name, part in zip([name for name, _ in layout], _split(masked[:-1], layout))}
+        data[keys.SECAGG_WEIGHT] = masked[-1:]
+        drop = {keys.NUM_EXAMPLES, MetaKey.NUM_STEPS_CURRENT_ROUND, MetaKey.FILTER_HISTORY} | (set() if self.keep_metrics else {MetaKey.INITIAL_METRICS})
+        meta = {key: value for key, value in (dxo.meta or {}).items() if key not in drop}
+        meta[keys.UPLOAD_BYTES] = int(sum(a.nbytes for a in data.values()))
+        meta[keys.SECAGG] = {"round": request["round"], "layout": layout, "fraction_bits": f, "modulus_bits": k,
+                             "masked": True, "answered": True}
+        self.log_info(fl_ctx, f"{party.name}: masked its update ({len(layout)} tensors, {len(masked):,} values, "
+                              f"{k}-bit fixed point) for the sum of {len(u1)} sites")
+        return DXO(data_kind=dxo.data_kind, data=data, meta=meta)
+
+
+def _split(vector: np.ndarray, layout):
+    offset = 0
+    for _, shape in layout:
+        size = int(np.prod(shape)) if len(shape) else 1
+        yield vector[offset:offset + size].reshape(shape)
+        offset += size
