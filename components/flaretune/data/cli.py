@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, List
 
 from flaretune.data.conll import read_conll
+from flaretune.data.finance import FIN_STYLES
 from flaretune.data.formats import EXTENSION, FORMATS, WRITERS, infer_format, read_records
 from flaretune.data.sites import site_name
 from flaretune.data.summary import SUMMARIES, label_counts
@@ -67,10 +68,12 @@ def _make_clinical(args) -> int:
 def _make_fin(args) -> int:
     from flaretune.data.finance import make_fin_dataset
 
-    paths = _writing(args.out, lambda: make_fin_dataset(args.out, args.sites, args.seed, args.alpha))
+    paths = _writing(
+        args.out, lambda: make_fin_dataset(args.out, args.sites, args.seed, args.alpha, style=args.style)
+    )
     for path in paths:
         print(f"wrote {path}")
-    print(f"SYNTHETIC financial sentiment: {args.sites} banks (alpha={args.alpha})")
+    print(f"SYNTHETIC financial sentiment: {args.sites} banks (alpha={args.alpha}, style={args.style})")
     return 0
 
 
@@ -144,8 +147,15 @@ def register(subparsers) -> None:
              "templates: tidy Chemical/Disease sentences",
     )
     clinical.set_defaults(func=_make_clinical)
-    fin = kinds.add_parser("fin_instruct", help="banks with sentiment instructions (non-IID label mix)")
+    fin = kinds.add_parser(
+        "fin_instruct", aliases=["fin"], help="banks with sentiment instructions (non-IID label mix)"
+    )
     fin.add_argument("--alpha", type=_positive_float, default=0.5, help="Dirichlet alpha; smaller = more skew")
+    fin.add_argument(
+        "--style", choices=FIN_STYLES, default="templates",
+        help="templates: tidy news statements (default); messages: customer and market messages with "
+             "casing, handles, URLs, typos, mixed cues, a 50/35/15 neg/neu/pos prior and 8%% label noise",
+    )
     fin.set_defaults(func=_make_fin)
     for kind in (clinical, fin):
         kind.add_argument("--sites", type=_positive_int, default=3, help="number of sites (default 3)")

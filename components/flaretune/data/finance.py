@@ -1,4 +1,9 @@
-"""SYNTHETIC financial sentiment instructions for simulated banks, non-IID in label mix.
+"""SYNTHETIC financial sentiment instructions for simulated banks, non-IID in label mix, in two styles.
+
+``style="templates"`` (the default, described below) writes tidy news statements.
+``style="messages"`` writes short customer and market messages with casing, handles, URLs, typos,
+ambiguous phrasings, a 50 / 35 / 15 negative / neutral / positive prior and label noise
+(``bank_messages``).
 
 Statements about fictional companies come from templates (``finance_templates``) with random
 figures; the record asks for the sentiment and the answer is one word (positive, negative or
@@ -19,6 +24,9 @@ from flaretune.data.splits import dirichlet_proportions
 from flaretune.data.textfile import PathLike, write_text
 from flaretune.data.types import SENTIMENT_INSTRUCTION, SENTIMENT_LABELS, Example
 
+FIN_STYLES = ("templates", "messages")
+DEFAULT_STYLE = "templates"
+
 _TRAIN_SIZES = (400, 250, 150, 100, 80)
 _FLOOR = 0.05  # minimum share of each label at every bank
 
@@ -31,6 +39,23 @@ negative or neutral). Banks differ in label mix: per label, bank shares ~ Dirich
 Generated with: seed={seed}, sites={n_sites}, alpha={alpha}
 {sites}
 """
+
+
+def _check_style(style: str) -> str:
+    if style not in FIN_STYLES:
+        raise ValueError(f"Invalid style {style!r}; valid: {', '.join(FIN_STYLES)}")
+    return style
+
+
+def mix_for_style(
+    site_index: int, n_sites: int, seed: int, alpha: float, style: str = DEFAULT_STYLE
+) -> Dict[str, float]:
+    """The label mix of bank ``site_index`` under ``style``."""
+    if _check_style(style) == "messages":
+        from flaretune.data.bank_messages import message_label_mix
+
+        return message_label_mix(site_index, n_sites, seed, alpha)
+    return label_mix(site_index, n_sites, seed, alpha)
 
 
 def default_train_size(site_index: int) -> int:
@@ -79,15 +104,21 @@ def make_bank(
     alpha: float = 0.5,
     n_train: Optional[int] = None,
     n_test: int = 100,
+    style: str = DEFAULT_STYLE,
 ) -> Tuple[List[Example], List[Example]]:
     """``(train, test)`` SYNTHETIC sentiment instructions for bank ``site_index`` (0-based).
 
     ``n_train`` defaults to 400, 250, 150, 100, 80 ... by site index; the test set follows the
-    bank's own label mix.
+    bank's own label mix. ``style`` is one of ``FIN_STYLES``.
     """
+    _check_style(style)
     n_train = default_train_size(site_index) if n_train is None else n_train
     if n_train < 0 or n_test < 0:
         raise ValueError(f"n_train and n_test must be >= 0, got {n_train} and {n_test}")
+    if style == "messages":
+        from flaretune.data.bank_messages import make_message_bank
+
+        return make_message_bank(site_index, n_sites, seed, alpha, n_train, n_test)
     mix = label_mix(site_index, n_sites, seed, alpha)
     labels, weights = list(mix), list(mix.values())
     splits = []
@@ -105,18 +136,27 @@ def make_fin_dataset(
     alpha: float = 0.5,
     n_train: Optional[int] = None,
     n_test: int = 100,
+    style: str = DEFAULT_STYLE,
 ) -> List[Path]:
-    """Write ``out_dir/site-N/{train,test}.jsonl`` for every bank and ``out_dir/README.txt``."""
+    """Write ``out_dir/site-N/{train,test}.jsonl`` for every bank and ``out_dir/README.txt`` (SYNTHETIC first)."""
+    _check_style(style)
     out_dir = Path(out_dir)
     written: List[Path] = []
     lines = []
     for site in range(n_sites):
-        train, test = make_bank(site, n_sites, seed, alpha, n_train, n_test)
+        train, test = make_bank(site, n_sites, seed, alpha, n_train, n_test, style=style)
         name = site_name(site)
         written.append(write_instructions(train, out_dir / name / "train.jsonl"))
         written.append(write_instructions(test, out_dir / name / "test.jsonl"))
-        mix = ", ".join(f"{k} {v:.0%}" for k, v in label_mix(site, n_sites, seed, alpha).items())
+        mix = ", ".join(f"{k} {v:.0%}" for k, v in mix_for_style(site, n_sites, seed, alpha, style).items())
         lines.append(f"  {name}: {len(train)} train, {len(test)} test; label mix {mix}")
-    readme = README.format(seed=seed, n_sites=n_sites, alpha=alpha, sites="\n".join(lines))
+    if style == "messages":
+        from flaretune.data.bank_messages import LABEL_NOISE, README as MESSAGES_README
+
+        readme = MESSAGES_README.format(
+            seed=seed, n_sites=n_sites, alpha=alpha, noise=LABEL_NOISE, sites="\n".join(lines)
+        )
+    else:
+        readme = README.format(seed=seed, n_sites=n_sites, alpha=alpha, sites="\n".join(lines))
     written.append(write_text(out_dir / "README.txt", readme))
     return written

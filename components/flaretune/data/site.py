@@ -136,8 +136,13 @@ def load_site_fin_data(
     synthetic_alpha: float = 0.5,
     synthetic_train_size: int = 0,
     synthetic_test_size: int = 100,
+    synthetic_style: str = "templates",
 ) -> SiteData:
-    """A bank's instruction data (``Example`` records): its files, or the synthetic bank (``flaretune.data.finance``)."""
+    """A bank's instruction data (``Example`` records): its files, or the synthetic bank (``flaretune.data.finance``).
+
+    ``synthetic_style`` is one of ``finance.FIN_STYLES``: ``templates`` (news statements) or
+    ``messages`` (customer and market messages, ``bank_messages``).
+    """
     path = _site_path(site_name, data_path)
     if path is not None:
         return read_site_path(path, seed, "instruct")
@@ -146,6 +151,8 @@ def load_site_fin_data(
     index = _synthetic_index(site_name)
     train, test = make_bank(
         index, n_sites=max(synthetic_sites, index + 1), seed=seed, alpha=synthetic_alpha,
-        n_train=synthetic_train_size or None, n_test=synthetic_test_size,
+        n_train=synthetic_train_size or None, n_test=synthetic_test_size, style=synthetic_style,
     )
-    return SiteData(train, test, f"SYNTHETIC bank {site_name} (seed={seed}, alpha={synthetic_alpha})")
+    return SiteData(
+        train, test, f"SYNTHETIC bank {site_name} (seed={seed}, alpha={synthetic_alpha}, style={synthetic_style})"
+    )

@@ -7,6 +7,7 @@ answer loss and ``perplexity``. The global model of round 0 is the zero-shot bas
 
 from typing import List, Optional
 
+from flaretune.data.finance import FIN_STYLES
 from flaretune.data.types import SENTIMENT_LABELS
 from flaretune.errors import ConfigError
 from flaretune.executors.base import PeftExecutor
@@ -44,6 +45,7 @@ class PeftCausalLMExecutor(PeftExecutor):
         synthetic_alpha: float = 0.5,
         synthetic_train_size: int = 0,
         synthetic_test_size: int = 100,
+        synthetic_style: str = "templates",
         num_threads: int = 0,
         warmup_ratio: float = 0.0,
         lr_schedule: str = "constant",
@@ -75,10 +77,13 @@ class PeftCausalLMExecutor(PeftExecutor):
         self.synthetic_alpha = synthetic_alpha
         self.synthetic_train_size = synthetic_train_size
         self.synthetic_test_size = synthetic_test_size
+        self.synthetic_style = synthetic_style
         if eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
         if synthetic_alpha <= 0:
             raise ConfigError(f"synthetic_alpha must be > 0 (Dirichlet concentration), got {synthetic_alpha}")
+        if synthetic_style not in FIN_STYLES:
+            raise ConfigError(f"synthetic_style must be one of {', '.join(FIN_STYLES)}, got {synthetic_style!r}")
 
     def load_data(self, site_name: str):
         from flaretune.data.site import load_site_fin_data
@@ -86,7 +91,7 @@ class PeftCausalLMExecutor(PeftExecutor):
         return load_site_fin_data(
             site_name, self.data_path, seed=self.seed, synthetic_sites=self.synthetic_sites,
             synthetic_alpha=self.synthetic_alpha, synthetic_train_size=self.synthetic_train_size,
-            synthetic_test_size=self.synthetic_test_size,
+            synthetic_test_size=self.synthetic_test_size, synthetic_style=self.synthetic_style,
         )
 
     def make_trainer(self, spec, base_dir=None):
