@@ -6,7 +6,9 @@ so ``flaretune data check`` does not pay for torch.
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from typing import List, Optional
 
 from flaretune.errors import DataFormatError, FlaretuneError
@@ -19,6 +21,7 @@ _COMMANDS = {
     "bench": "flaretune.bench.cli",
     "site-policy": "flaretune.provisioning.cli",
     "privacy": "flaretune.privacy.cli",
+    "predict": "flaretune.predict",
 }
 
 
@@ -38,18 +41,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a scheduler's time limit, a closed terminal), raised like Ctrl-C's KeyboardInterrupt so
+    that every ``finally`` that ends FLARE processes (simulator, POC network) runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _on_stop_signal(signum, frame):
+    # the first signal unwinds the command; later ones must not cut its clean-up short (that would orphan the
+    # FLARE processes it started), so they only say what is happening
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _still_stopping)
+    raise Terminated(signum)
+
+
+def _still_stopping(signum, frame):
+    print(f"flaretune: {signal.Signals(signum).name} received; still stopping the FLARE processes it started",
+          file=sys.stderr, flush=True)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous = {sig: signal.signal(sig, _on_stop_signal) for sig in _STOP_SIGNALS} if main_thread else {}
     try:
         return int(args.func(args) or 0)
     except FlaretuneError as err:
         # DataFormatError already reads "path:line: what is wrong"
         print(str(err) if isinstance(err, DataFormatError) else f"flaretune: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("flaretune: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
+        print(f"flaretune: stopped by {signal.Signals(signum).name}; the FLARE processes it started are ended",
+              file=sys.stderr)
+        return 128 + signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,73 @@
+"""A ``flaretune`` command stopped by SIGTERM (a scheduler's time limit) ends every FLARE process it started."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+
+def _pids_naming(folder: Path) -> list:
+    """Live (not zombie) processes whose command line names ``folder``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(folder) in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_to_bench_stream_leaves_no_flare_process_running(tmp_path):
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    cmd = [str(Path(sys.executable).parent / "flaretune"), "bench", "stream", "--size-gb", "0.01", "--skip-baseline",
+           "--chunk-mb", "4", "--workdir", str(tmp_path), "--timeout", "300"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    lines, up = [], threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if "POC up:" in line:
+                up.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert up.wait(240), "".join(lines)[-2000:]
+        time.sleep(3)  # the job is being submitted: server, both sites and their job processes are starting
+        started = _pids_naming(tmp_path)
+        assert len(started) >= 3, started  # the server and both clients, at least
+        proc.send_signal(signal.SIGTERM)  # to flaretune alone: its FLARE processes run in sessions of their own
+        stderr = proc.communicate(timeout=150)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == (
+        "flaretune: stopped by SIGTERM; the FLARE processes it started are ended")
+    assert [pid for pid in started if _alive(pid)] == []
+    assert _pids_naming(tmp_path) == []
+    assert not list(tmp_path.glob("ft_bench_stream_*"))  # its POC workspace is removed, as after a normal run
