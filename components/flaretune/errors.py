@@ -24,3 +24,7 @@ class ConfigError(FlaretuneError):
 
 class MissingAssetError(FlaretuneError):
     """An offline model or lexicon package is not installed; the message gives the install command."""
+
+
+# A site's error reply carries its one-line reason here, so the server can name it when it stops a job.
+SITE_ERROR_HEADER = "flaretune_site_error"

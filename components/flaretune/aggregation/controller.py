@@ -32,7 +32,7 @@ from flaretune.aggregation.rounds import (
 )
 from flaretune.aggregation.strategy import make_strategy, strategy_kwargs
 from flaretune.aggregation.validation import ValidationPolicy
-from flaretune.errors import ConfigError, FlaretuneError
+from flaretune.errors import SITE_ERROR_HEADER, ConfigError, FlaretuneError
 
 
 class FedAggController(ModelController, RoundDriver):
@@ -99,6 +99,8 @@ class FedAggController(ModelController, RoundDriver):
         self.resume_from = resume_from
         if num_rounds < 1:
             raise ConfigError(f"num_rounds must be >= 1, got {num_rounds}")
+        if isinstance(min_clients, bool) or not isinstance(min_clients, int) or min_clients < 0:
+            raise ConfigError(f"min_clients must be an integer >= 0, got {min_clients!r}")
         for name, value in (("train_timeout", train_timeout), ("min_clients_wait", min_clients_wait)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
@@ -118,6 +120,7 @@ class FedAggController(ModelController, RoundDriver):
         self._replies: Dict[str, FLModel] = {}  # not self._results: FLARE's base class keeps its own
         self._answered: set = set()  # sites that answered the open round (with a result or an error)
         self._missing: Dict[str, str] = {}  # why each site sent nothing in the last round
+        self._site_errors: Dict[str, str] = {}  # the one-line reason a site's error reply carried
         self._late: List[dict] = []  # results dropped since the last round record
 
     # -- RoundDriver ------------------------------------------------------------------------------
@@ -131,6 +134,7 @@ class FedAggController(ModelController, RoundDriver):
         )
         with self._lock:
             self._open_round, self._replies, self._answered, self._missing = round_number, {}, set(), {}
+            self._site_errors = {}
         # wait for every site (min_responses 0); the deadline and k-of-n are decided here, not by FLARE
         self.send_model(task_name=self.train_task_name, data=task_model, targets=sites, min_responses=0,
                         callback=self._collect)
@@ -141,8 +145,9 @@ class FedAggController(ModelController, RoundDriver):
                 self._open_round = None
                 replies, answered = dict(self._replies), set(self._answered)
             self._close_tasks()
-        for site in answered - set(replies):
-            self._missing[site] = "its train task failed (see the site's log)"
+        for site in sorted(answered - set(replies)):
+            self._missing[site] = self._site_errors.get(site, "its train task failed (see the site's log)")
+            self.warn(f"round {round_number + 1}/{self.num_rounds}: no result from {site}: {self._missing[site]}")
         return {site: self._site_result(global_model, reply) for site, reply in replies.items()}
 
     def _wait_round(self, round_number: int, sites: List[str]) -> None:
@@ -193,9 +198,13 @@ class FedAggController(ModelController, RoundDriver):
         return False
 
     def _process_result(self, client_task, fl_ctx) -> None:
+        site = client_task.client.name
+        error = client_task.result.get_header(SITE_ERROR_HEADER) if client_task.result is not None else None
         super()._process_result(client_task, fl_ctx)
         with self._lock:  # after the callback stored it: an answered site's result is in self._replies
-            self._answered.add(client_task.client.name)
+            self._answered.add(site)
+            if error:
+                self._site_errors[site] = str(error).removeprefix(f"{site}: ")
 
     def process_result_of_unknown_task(self, client, task_name, client_task_id, result, fl_ctx) -> None:
         """A result of a task that closed at its deadline: logged and dropped (never aggregated)."""

@@ -10,6 +10,7 @@ floats) and :attr:`headlines` (the metrics the log line names, first one present
 itself is :func:`flaretune.train.flow.local_round`, the same for every executor.
 """
 
+import os
 from typing import Optional
 
 import numpy as np
@@ -24,7 +25,8 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from flaretune import keys
-from flaretune.errors import ConfigError, FlaretuneError
+from flaretune.data.site import DATA_DIR_ENV
+from flaretune.errors import SITE_ERROR_HEADER, ConfigError, FlaretuneError
 from flaretune.models.lora import PeftSpec
 from flaretune.paths import resolve_site_dir
 from flaretune.train.flow import LocalTraining, headline, local_round, round_line
@@ -120,7 +122,11 @@ class PeftExecutor(Executor):
         if self._trainer is not None and self._trainer.spec == spec:
             return
         site = fl_ctx.get_identity_name()
-        data = self.load_data(site)
+        try:
+            data = self.load_data(site)
+        except FlaretuneError as err:  # name the site and the setting that led there (path:line: is kept)
+            where = "data_path: " if self.data_path else "$FLARETUNE_DATA_DIR: " if os.environ.get(DATA_DIR_ENV) else ""
+            raise ConfigError(f"{site}: {where}{err}") from None
         if not data.train:
             raise ConfigError(f"{site}: no training records in {data.source}")
         base_dir = resolve_site_dir(self.base_model_dir, fl_ctx) if self.base_model_dir else None
@@ -168,7 +174,9 @@ class PeftExecutor(Executor):
             return FLModelUtils.to_shareable(FLModel(params_type=ParamsType.FULL, params=params))
         except FlaretuneError as err:
             self.log_error(fl_ctx, f"{task_name}: {err}")
-            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            reply.set_header(SITE_ERROR_HEADER, str(err))
+            return reply
 
     def _do_train(self, incoming: FLModel, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         round_number = incoming.current_round or 0

@@ -5,12 +5,13 @@ No FLARE here: :class:`flaretune.executors.base.PeftExecutor` (adapters) and
 :func:`local_round` and :func:`round_line`, and differ only in how the model arrives and leaves.
 """
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence
 
 from flaretune.errors import ConfigError
-from flaretune.train.loop import SCHEDULES, TrainResult, step_for
+from flaretune.train.loop import SCHEDULES, STEPS, TrainResult, step_for
 from flaretune.train.protocol import Trainer
 
 
@@ -28,6 +29,11 @@ class LocalTraining:
     step_args: Dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self):
+        lr = self.learning_rate
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise ConfigError(f"learning_rate must be a number > 0, got {lr!r}")
+        if self.train_step not in STEPS:
+            raise ConfigError(f"Invalid train_step {self.train_step!r}; valid: {', '.join(STEPS)}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.epochs > 0 and self.max_steps < 1:
