@@ -25,10 +25,16 @@ _COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """A command-line mistake is one line (which command, which argument, what was expected) and exit 2;
+    sub-command parsers are of this class too (argparse makes them of their parent's class)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flaretune", description="Federated fine-tuning of language models on NVIDIA FLARE."
-    )
+    parser = Parser(prog="flaretune", description="Federated fine-tuning of language models on NVIDIA FLARE.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module_name in _COMMANDS.values():
         try:

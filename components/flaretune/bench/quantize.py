@@ -40,10 +40,10 @@ _SLOW_S = 20.0  # seconds; NVFlare's adaquant and bitsandbytes 4-bit on CPU take
 def parse_params(text: str) -> int:
     m = re.fullmatch(r"\s*(\d*\.?\d+(?:e[+-]?\d+)?)\s*([kmb]?)\s*", str(text).lower())
     if not m:
-        raise argparse.ArgumentTypeError(f"--params: expected a count such as 100M, 1.5M or 2e6, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a count such as 100M, 1.5M or 2e6, got {text!r}")
     n = int(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}[m.group(2)])
     if n < 10_000:
-        raise argparse.ArgumentTypeError(f"--params: at least 10k parameters, got {text!r}")
+        raise argparse.ArgumentTypeError(f"at least 10k parameters, got {text!r}")
     return n
 
 
@@ -62,11 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PNG", help="plot path (default: next to OUT, else ./bench_quantize.png)")
     parser.add_argument("--types", type=_parse_types, default=list(_OUR_TYPES),
                         help="comma-separated flaretune types (default: all)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per row; the best counts (default 3)")
+    from flaretune.cliargs import positive_int
+
+    parser.add_argument("--repeat", type=positive_int, default=3,
+                        help="timed runs per row; the best counts (default 3)")
     parser.add_argument("--arch", choices=("llama", "bert"), default="llama",
                         help="state dict shape: llama (SmolLM2-like, no biases) or bert (biases + LayerNorm)")
     parser.add_argument("--no-nvflare", action="store_true", help="skip NVFlare's ModelQuantizer rows")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch intra-op threads (default: torch's choice); 1 is steadier on a busy machine")
     parser.add_argument("--seed", type=int, default=0)
 

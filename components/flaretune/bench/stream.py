@@ -24,18 +24,22 @@ BASELINE_GB_PER_GIB = 5.5  # measured here: a 2 GiB model peaked at ~11 GB in on
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--size-gb", type=float, default=4.0, help="model size in GiB for model_push (float ok)")
-    parser.add_argument("--baseline-size-gb", type=float, default=None,
+    from flaretune.cliargs import non_negative_float, positive_float, positive_int
+
+    parser.add_argument("--size-gb", type=positive_float, default=4.0,
+                        help="model size in GiB for model_push (float ok)")
+    parser.add_argument("--baseline-size-gb", type=non_negative_float, default=None,
                         help="baseline size in GiB (default: --size-gb, capped at 2 and at what fits in memory)")
-    parser.add_argument("--chunk-mb", type=float, default=64.0, help="chunk size in MiB, at most 1024")
-    parser.add_argument("--slice-mb", type=float, default=None,
+    parser.add_argument("--chunk-mb", type=positive_float, default=64.0, help="chunk size in MiB, at most 1024")
+    parser.add_argument("--slice-mb", type=positive_float, default=None,
                         help="largest message in MiB (default: the controller's)")
-    parser.add_argument("--streams", type=int, default=None, help="parallel streams (default: the controller's)")
+    parser.add_argument("--streams", type=positive_int, default=None,
+                        help="parallel streams (default: the controller's)")
     parser.add_argument("--json", default="", help="write the rows here")
     parser.add_argument("--plot", default="", help="RSS-over-time plot (default: next to --json, .png)")
     parser.add_argument("--skip-baseline", action="store_true", help="only run model_push")
     parser.add_argument("--workdir", default=tempfile.gettempdir(), help="where the POC and model files go")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per job")
+    parser.add_argument("--timeout", type=positive_float, default=1800.0, help="seconds per job")
     parser.add_argument("--keep", action="store_true", help="keep the POC workspace (logs) for debugging")
 
 

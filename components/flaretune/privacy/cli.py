@@ -5,6 +5,7 @@ client-level filter releasing one update per round is ``--sample-rate 1 --steps 
 one number on stdout, so scripts can read it; bad values are one-line errors (exit code 2).
 """
 
+from flaretune.cliargs import positive_int
 from flaretune.privacy.accountants import ACCOUNTANTS, epsilon_for, noise_for_epsilon
 
 
@@ -29,6 +30,6 @@ def register(subparsers) -> None:
     noise.set_defaults(func=_noise)
     for cmd in (eps, noise):
         cmd.add_argument("--sample-rate", type=float, required=True, help="q: probability a record is in a step")
-        cmd.add_argument("--steps", type=int, required=True, help="number of steps (all rounds together)")
+        cmd.add_argument("--steps", type=positive_int, required=True, help="number of steps (all rounds together)")
         cmd.add_argument("--delta", type=float, required=True, help="target delta, e.g. 1e-5")
         cmd.add_argument("--accountant", choices=tuple(ACCOUNTANTS), default="rdp", help="analysis (default rdp)")
