@@ -3,7 +3,7 @@ from itertools import combinations
 
 import pytest
 
-from flaretune.compare.data import prepare
+from flaretune.compare.data import prepare_ner
 from flaretune.data import clinical_notes, clinical_notes_vocab
 from flaretune.data.clinical import labels_for_style, make_clinical_dataset, make_hospital
 from flaretune.data.clinical_notes import ENTITY_COUNT_MIX, make_notes_hospital, quotas, strict_spans
@@ -164,9 +164,9 @@ def test_bad_style_and_rates():
 
 
 def test_compare_prepare_returns_the_style_labels(tmp_path):
-    notes = prepare(tmp_path / "a", 2, 0, 0.8, None, None)
-    templates = prepare(tmp_path / "b", 2, 0, 0.8, None, None, style="templates")
+    notes = prepare_ner(tmp_path / "a", 2, 0, 0.8, None, None)
+    templates = prepare_ner(tmp_path / "b", 2, 0, 0.8, None, None, style="templates")
     assert notes.labels == CLINICAL_NOTES_LABELS and templates.labels == CLINICAL_LABELS
     assert "style=notes" in notes.description
     with pytest.raises(ConfigError, match="Invalid synthetic style 'prose'"):
-        prepare(tmp_path / "c", 2, 0, 0.8, None, None, style="prose")
+        prepare_ner(tmp_path / "c", 2, 0, 0.8, None, None, style="prose")

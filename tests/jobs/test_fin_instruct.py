@@ -80,3 +80,11 @@ def test_adapter_folder_loads_with_peft(simulated):
     assert set(loaded) == set(final)
     for name, tensor in final.items():
         torch.testing.assert_close(loaded[name], tensor)
+
+
+def test_the_adapter_folder_is_told_how_the_banks_prompt_and_score():
+    """The persistor's ``task`` (written into the final adapter folder for predict/chat) matches the executor."""
+    job = JobFolder(FIN_JOB)
+    task, ex = job.persistor_args["task"], job.executor_args
+    assert task == {"system_prompt": ex["system_prompt"], "label_words": ["positive", "negative", "neutral"],
+                    "max_length": ex["max_length"]}

@@ -39,7 +39,10 @@ class PeftAdapterPersistor(ModelPersistor):
         target_modules: Optional[List[str]] = None,
         seed: int = 0,
         output_dir: str = "",
+        task: Optional[dict] = None,
     ):
+        """``task``: how the final model is prompted and scored (e.g. ``system_prompt``, ``label_words``,
+        ``max_length``), written into the adapter folder for ``flaretune predict`` / ``chat``."""
         super().__init__()
         self.model_name = model_name
         self.labels = labels
@@ -49,6 +52,7 @@ class PeftAdapterPersistor(ModelPersistor):
         self.target_modules = target_modules
         self.seed = seed
         self.output_dir = output_dir
+        self.task = task
         self.spec = PeftSpec(
             model_name=model_name,
             labels=labels,
@@ -97,6 +101,6 @@ class PeftAdapterPersistor(ModelPersistor):
         if meta.get(keys.FINAL):
             from flaretune.models.lora import save_adapter_folder
 
-            out = save_adapter_folder(self.spec, weights, folder / ADAPTER_DIR)
+            out = save_adapter_folder(self.spec, weights, folder / ADAPTER_DIR, task=self.task)
             (folder / "spec.json").write_text(json.dumps(self.spec.to_dict(), indent=2))
             self.log_info(fl_ctx, f"wrote PEFT adapter folder {out}")

@@ -91,6 +91,7 @@ def _spec_from_job(job: JobFolder, scenario: Scenario, labels: List[str], model:
     if model:
         args["model_name"] = model
     args.pop("output_dir", None)
+    args.pop("task", None)
     return PeftSpec(**args)
 
 

@@ -103,11 +103,13 @@ def load_adapter_state(model, params: Dict[str, "object"]) -> None:
     set_peft_model_state_dict(model, tensors)
 
 
-def save_adapter_folder(spec: PeftSpec, params: Dict[str, "object"], out_dir, model=None) -> Path:
+def save_adapter_folder(spec: PeftSpec, params: Dict[str, "object"], out_dir, model=None,
+                        task: Optional[dict] = None) -> Path:
     """Write an HF PEFT adapter folder that ``PeftModel.from_pretrained`` loads.
 
-    Contents: ``adapter_config.json``, ``adapter_model.safetensors``, ``labels.json`` (label map and
-    the flaretune spec) and the tokenizer.
+    Contents: ``adapter_config.json``, ``adapter_model.safetensors``, ``labels.json`` (label map, the
+    flaretune spec and, when given, ``task``: how the model is prompted and scored, e.g. the system
+    prompt and label words, so ``flaretune predict`` / ``chat`` use it as training did) and the tokenizer.
     """
     from flaretune.models.base import load_tokenizer
 
@@ -118,6 +120,8 @@ def save_adapter_folder(spec: PeftSpec, params: Dict[str, "object"], out_dir, mo
     model.save_pretrained(str(out), safe_serialization=True)
     load_tokenizer(spec.model_name).save_pretrained(str(out))
     meta = {"flaretune_spec": spec.to_dict()}
+    if task:
+        meta["flaretune_task"] = dict(task)
     if spec.labels:
         meta["id2label"] = {str(i): label for i, label in enumerate(spec.labels)}
         meta["label2id"] = {label: i for i, label in enumerate(spec.labels)}
@@ -130,6 +134,12 @@ def read_adapter_spec(adapter_dir) -> PeftSpec:
     if not path.is_file():
         raise ConfigError(f"{path}: not a flaretune adapter folder (no {LABELS_FILE})")
     return PeftSpec.from_dict(json.loads(path.read_text())["flaretune_spec"])
+
+
+def read_adapter_task(adapter_dir) -> dict:
+    """The ``task`` the adapter folder was saved with (empty when none)."""
+    path = Path(adapter_dir) / LABELS_FILE
+    return dict(json.loads(path.read_text()).get("flaretune_task") or {}) if path.is_file() else {}
 
 
 def load_adapter_model(adapter_dir):
@@ -148,5 +158,6 @@ __all__ = [
     "load_adapter_model",
     "load_adapter_state",
     "read_adapter_spec",
+    "read_adapter_task",
     "save_adapter_folder",
 ]

@@ -206,6 +206,7 @@ class InstructTrainer(LoraTrainer):
         label_words: Sequence[str] = SENTIMENT_LABELS,
         eval_batch_size: int = 16,
         base_dir=None,
+        model=None,
     ):
         if spec.is_token_classification:
             raise ConfigError(
@@ -216,7 +217,7 @@ class InstructTrainer(LoraTrainer):
             raise ConfigError(f"max_length must be >= {MIN_MAX_LENGTH} tokens (ChatML framing alone takes ~10), got {max_length}")
         if not label_words or len({w.lower() for w in label_words}) != len(label_words):
             raise ConfigError(f"label_words must be distinct, non-empty words, got {list(label_words)}")
-        super().__init__(spec, num_threads=num_threads, base_dir=base_dir)
+        super().__init__(spec, num_threads=num_threads, base_dir=base_dir, model=model)
         self.max_length = max_length
         self.system_prompt = system_prompt
         self.label_words = list(label_words)

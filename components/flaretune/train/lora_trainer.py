@@ -58,13 +58,14 @@ class ModelTrainer:
 class LoraTrainer(ModelTrainer):
     """A PEFT model built from the job's :class:`PeftSpec`; only the adapter (and head) tensors travel."""
 
-    def __init__(self, spec: PeftSpec, num_threads: int = 0, base_dir=None):
+    def __init__(self, spec: PeftSpec, num_threads: int = 0, base_dir=None, model=None):
+        """``model``: an already built PEFT model of ``spec`` (e.g. ``PeftModel.from_pretrained``), else built here."""
         from flaretune.models.base import load_tokenizer
 
         set_threads(num_threads)
         self.spec = spec
         self.base_dir = base_dir  # a pushed model folder to start from, else the named package model
-        self.model = spec.build(base_dir)
+        self.model = model if model is not None else spec.build(base_dir)
         self.tokenizer = load_tokenizer(spec.model_name, base_dir)
         self.pad_id = self.tokenizer.pad_token_id or 0
 

@@ -39,6 +39,6 @@ class NerTask:
 
 
 class NerTrainer(NerTask, LoraTrainer):
-    def __init__(self, spec: PeftSpec, max_length: int = 64, num_threads: int = 0, base_dir=None):
-        super().__init__(spec, num_threads=num_threads, base_dir=base_dir)
+    def __init__(self, spec: PeftSpec, max_length: int = 64, num_threads: int = 0, base_dir=None, model=None):
+        super().__init__(spec, num_threads=num_threads, base_dir=base_dir, model=model)
         self._set_labels(spec.labels, max_length)
