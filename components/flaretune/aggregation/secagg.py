@@ -74,6 +74,7 @@ class SecAggController(FedAggController):
         self._layout: list = []
         self._params_type = ParamsType.FULL
         self._round_info: dict = {}
+        self._bytes: dict = {"down_per_site": 0, "up": {}}
 
     # -- one round: keys, shares, masked training ---------------------------------------------------
     def train(self, round_number, sites, global_model, meta) -> Dict[str, SiteResult]:
@@ -85,6 +86,7 @@ class SecAggController(FedAggController):
         check_threshold(t, len(sites))
         rid = f"{round_number}/{secrets.token_hex(8)}"
         party = self._party = ServerParty(rid, sites, t, self.modulus_bits)
+        self._bytes = {"down_per_site": 0, "up": {}}
         answers = self._ask(keys.SECAGG_ADVERTISE_TASK, {"step": "advertise", "sites": party.sites, "threshold": t},
                             party.sites, "keys")
         roster = party.collect_keys({site: a["keys"] for site, a in answers.items()})
@@ -128,7 +130,10 @@ class SecAggController(FedAggController):
         self._round_info = {"secure_aggregation": {
             "threshold": party.threshold, "sites": party.sites, "u1": party.u1, "u2": u2,
             "unmasked_by": sorted(answers), "total_weight": float(total[-1]),
-            "modulus_bits": self.modulus_bits, "fraction_bits": self.fraction_bits}}
+            "modulus_bits": self.modulus_bits, "fraction_bits": self.fraction_bits,
+            # key, share and unmask messages (payload bytes, FLARE framing excluded), not the masked tensors
+            "protocol_bytes_down_per_site": self._bytes["down_per_site"],
+            "protocol_bytes_up": dict(sorted(self._bytes["up"].items()))}}
         return sa.unflatten(total[:-1], self._layout), float(total[-1]), u2
 
     def round_info(self) -> dict:
@@ -144,9 +149,11 @@ class SecAggController(FedAggController):
         party = self._party
         request = {**request, "round": party.round_id}
         replies = self._broadcast(task_name, FLModel(metrics={}, meta={keys.SECAGG: request}), targets, party.threshold)
+        self._bytes["down_per_site"] += payload_bytes(request)
         answers = {}
         for reply in replies:
             site, answer = _client_name(reply), (reply.meta or {}).get(keys.SECAGG)
+            self._bytes["up"][site] = self._bytes["up"].get(site, 0) + payload_bytes(answer)
             if isinstance(answer, dict) and answer.get("round") == party.round_id and field in answer:
                 answers[site] = answer
             elif isinstance(answer, dict) and "pending" in answer:
@@ -181,6 +188,19 @@ class SecAggStore(MemoryStore):
             raise sa.SecAggError(f"the unmasked aggregate is unusable: {reason}")
         (new_model,) = strategy.aggregate_in_parts([(global_model, [(mean, 1.0)])])
         return new_model, sites, {}
+
+
+def payload_bytes(obj) -> int:
+    """Bytes of a message's content: strings and bytes by length, numbers 8, arrays by size."""
+    if isinstance(obj, (bytes, str)):
+        return len(obj)
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, dict):
+        return sum(payload_bytes(k) + payload_bytes(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return sum(payload_bytes(v) for v in obj)
+    return 8
 
 
 @contextmanager
