@@ -14,6 +14,7 @@ from flaretune.poc import KitNetwork, free_port, submit_and_wait
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "provisioning"
 CLINICAL_JOB = Path(__file__).resolve().parents[2] / "jobs" / "clinical_ner"
+FIN_JOB = Path(__file__).resolve().parents[2] / "jobs" / "fin_instruct"
 
 
 def _provision(project: Path, tmp_path: Path) -> Path:
@@ -29,14 +30,16 @@ def _provision(project: Path, tmp_path: Path) -> Path:
 
 
 DP = {"path": "flaretune.filters.dp.GaussianPrivacyFilter", "args": {"noise_multiplier": 0.5, "clip_norm": 0.25}}
+SECAGG = {"path": "flaretune.filters.secagg.SecureAggregationFilter", "args": {}}
+BANKS = ["bank-north", "bank-south", "bank-east"]
 
 
-@pytest.mark.parametrize("template, clients, allowed, dp", [
+@pytest.mark.parametrize("template, clients, allowed, dp, secagg", [
     ("hospital_network.yml", ["hospital-a", "hospital-b", "hospital-c"],
-     ["*lora_*", "*.classifier.*", "*modules_to_save*"], DP),
-    ("bank_network.yml", ["bank-north", "bank-south", "bank-east"], ["*lora_*"], None),
+     ["*lora_*", "*.classifier.*", "*modules_to_save*"], DP, None),
+    ("bank_network.yml", BANKS, ["*lora_*"], None, SECAGG),
 ])
-def test_templates_provision_kits_with_flaretune_site_policy(tmp_path, template, clients, allowed, dp):
+def test_templates_provision_kits_with_flaretune_site_policy(tmp_path, template, clients, allowed, dp, secagg):
     project = yaml.safe_load((TEMPLATES / template).read_text())
     prod = _provision(TEMPLATES / template, tmp_path)
     server = next(p["name"] for p in project["participants"] if p["type"] == "server")
@@ -51,11 +54,13 @@ def test_templates_provision_kits_with_flaretune_site_policy(tmp_path, template,
         privacy = json.loads((prod / site / "local" / "privacy.json").read_text())
         scope = privacy["scopes"][0]
         assert privacy["default_scope"] == scope["name"] == "adapters_only"
-        guard = scope["task_result_filters"][-1]
+        # hospitals clip and noise every update themselves, before the guard; banks mask it, after the guard
+        expected = [f for f in (dp, "guard", secagg) if f]
+        results = scope["task_result_filters"]
+        assert [f if f in (dp, secagg) else "guard" for f in results] == expected
+        guard = results[expected.index("guard")]
         assert guard["path"] == "flaretune.filters.guard.AdapterOnlyGuard" and guard["args"]["allowed"] == allowed
-        # hospitals clip and noise every update themselves, before the guard; banks do not (yet)
-        assert scope.get("task_data_filters", [None])[0] == dp
-        assert len(scope["task_result_filters"]) == (2 if dp else 1) and scope["task_result_filters"][0] in (dp, guard)
+        assert scope.get("task_data_filters", []) == [f for f in (dp, secagg) if f]
     assert not (prod / server / "local" / "privacy.json").exists()
     admins = [p["name"] for p in project["participants"] if p["type"] == "admin"]
     assert all((prod / a / "startup" / "fed_admin.json").is_file() for a in admins)
@@ -124,3 +129,58 @@ def test_hospital_kits_run_clinical_ner_and_the_guard_checks_every_result(tmp_pa
     server_log = (prod / "localhost" / "log.txt").read_text()
     for name in hospitals:
         assert f"{name}: NVFLARE_ERROR: privacy scope 'open' is not allowed" in server_log, name
+
+
+@pytest.mark.integration
+def test_bank_kits_refuse_an_unmasked_update_and_run_a_secure_aggregation_job(tmp_path):
+    """The bank template on loopback: a plain FedAvg job is refused at every bank (its update would leave
+    unmasked); the same job under secure aggregation completes, every bank masking its update."""
+    from flaretune.aggregation.secagg import enable_secure_aggregation
+    from flaretune.data.finance import make_fin_dataset
+    from flaretune.jobcfg import JobFolder
+
+    project = yaml.safe_load((TEMPLATES / "bank_network.yml").read_text())
+    server = next(p for p in project["participants"] if p["type"] == "server")
+    server.update(name="localhost", fed_learn_port=free_port())
+    path = tmp_path / "project.yml"
+    path.write_text(yaml.safe_dump(project))
+    prod = _provision(path, tmp_path)
+
+    make_fin_dataset(tmp_path / "synth", n_sites=3, seed=3, n_train=8, n_test=4)
+    data = tmp_path / "data"
+    for i, name in enumerate(BANKS, start=1):
+        shutil.copytree(tmp_path / "synth" / f"site-{i}", data / name)
+    folder = JobFolder(FIN_JOB)
+    folder.set_rounds(1)
+    folder.persistor_args["model_name"] = "tiny-smollm2"
+    folder.executor_args.update(max_steps=1, batch_size=4, max_length=64, num_threads=1)
+    folder.workflow_args["final_validation"] = False
+    plain = folder.write(tmp_path / "plain")
+    folder.meta["name"] = "fin_secagg"
+    enable_secure_aggregation(folder, ["train"])
+    secure = folder.write(tmp_path / "secure")
+
+    network = KitNetwork(tmp_path, prod_dir=prod, server="localhost", clients=BANKS,
+                         admin="lead@operator.example", extra_env={"FLARETUNE_DATA_DIR": str(data)})
+    try:
+        network.start_each()
+        refused_id, refused_status, _ = submit_and_wait(network, plain, timeout=300)
+        job_id, status, result = submit_and_wait(network, secure, timeout=400)
+    finally:
+        network.stop()
+    assert refused_status != "FINISHED:COMPLETED", refused_status
+    assert status == "FINISHED:COMPLETED", status
+    assert not network._workspace_pids()
+    refusing = []
+    for name in BANKS:
+        refused = (prod / name / refused_id / "log.txt").read_text()
+        # the first bank to finish training refuses and the server stops the job; the others are aborted first
+        if f"SecureAggregationFilter: {name} sends model updates only under secure aggregation" in refused:
+            refusing.append(name)
+        else:
+            assert "aborted" in refused, name
+        log = (prod / name / job_id / "log.txt").read_text()
+        assert "allowed to leave" in log and f"{name}: masked its update" in log, name
+    assert refusing
+    history = json.loads(next(result.glob("**/global_model/history.json")).read_text())
+    assert history["rounds"][0]["secure_aggregation"]["u2"] == sorted(BANKS)

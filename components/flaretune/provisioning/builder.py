@@ -11,7 +11,10 @@ server and every client it writes, into the kit's ``local/`` folder:
   :class:`flaretune.filters.guard.AdapterOnlyGuard`, so only adapter tensors can leave the site; with
   ``client_dp``, the scope also clips and noises every update with
   :class:`flaretune.filters.dp.GaussianPrivacyFilter` (on task data it records the received model), so the
-  site enforces differential privacy whatever the job asks. It is the only scope: a job that names
+  site enforces differential privacy whatever the job asks; with ``secure_aggregation``, the scope ends
+  every chain with :class:`flaretune.filters.secagg.SecureAggregationFilter`, so a model update leaves the
+  site only masked for a secure-aggregation round and a plain job's update is refused at the site
+  (``UnsafeJobError``). It is the only scope: a job that names
   another one in its ``meta.json`` (``"scope"``) is refused by FLARE at the site
   ("privacy scope ... is not allowed").
 
@@ -32,6 +35,7 @@ AUTHZ_DEFAULT = "authorization.json.default"
 PRIVACY = "privacy.json"
 GUARD_PATH = "flaretune.filters.guard.AdapterOnlyGuard"
 DP_PATH = "flaretune.filters.dp.GaussianPrivacyFilter"
+SECAGG_PATH = "flaretune.filters.secagg.SecureAggregationFilter"
 
 
 class FlaretuneSiteBuilder(Builder):
@@ -42,6 +46,7 @@ class FlaretuneSiteBuilder(Builder):
         adapter_guard: Optional[dict] = None,
         scope_name: str = "adapters_only",
         client_dp: Optional[dict] = None,
+        secure_aggregation: Optional[dict] = None,
     ):
         """Site policy for flaretune startup kits.
 
@@ -54,12 +59,15 @@ class FlaretuneSiteBuilder(Builder):
             scope_name: name of the privacy scope the guard lives in; it is every client's default scope.
             client_dp: arguments of ``GaussianPrivacyFilter`` (``noise_multiplier``, ``clip_norm``) that every
                 client applies to every update it sends, before the guard; null: no site-enforced DP.
+            secure_aggregation: arguments of ``SecureAggregationFilter`` (``{}`` for its defaults): every client
+                masks every update it sends, after DP and the guard, and refuses to send one unmasked; null: off.
         """
         self.allow_prefixes = allow_prefixes
         self.authorization = authorization
         self.adapter_guard = adapter_guard
         self.scope_name = scope_name
         self.client_dp = client_dp
+        self.secure_aggregation = secure_aggregation
         self._prefixes = list(allow_prefixes) if allow_prefixes is not None else [ALLOW_PREFIX]
         if not all(isinstance(p, str) and p for p in self._prefixes):
             raise ConfigError(f"allow_prefixes must be a list of class path prefixes, got {allow_prefixes!r}")
@@ -77,6 +85,12 @@ class FlaretuneSiteBuilder(Builder):
             from flaretune.filters.dp import GaussianPrivacyFilter
 
             GaussianPrivacyFilter(**client_dp)
+        if secure_aggregation is not None:
+            if adapter_guard is None:
+                raise ConfigError("secure_aggregation lives in the adapter_guard's privacy scope: give adapter_guard too")
+            from flaretune.filters.secagg import SecureAggregationFilter
+
+            SecureAggregationFilter(**secure_aggregation)
 
     def build(self, project, ctx):
         server = project.get_server()
@@ -116,4 +130,9 @@ class FlaretuneSiteBuilder(Builder):
             scope["properties"]["description"] += "; every update is clipped and noised (GaussianPrivacyFilter)"
             scope["task_data_filters"] = [dp]
             scope["task_result_filters"].insert(0, dp)
+        if self.secure_aggregation is not None:
+            secagg = {"path": SECAGG_PATH, "args": dict(self.secure_aggregation)}
+            scope["properties"]["description"] += "; updates leave only masked for secure aggregation"
+            scope.setdefault("task_data_filters", []).append(secagg)
+            scope["task_result_filters"].append(secagg)
         path.write_text(json.dumps({"scopes": [scope], "default_scope": self.scope_name}, indent=2) + "\n")
