@@ -8,6 +8,7 @@ import importlib
 _BENCHMARKS = {
     "quantize": ("flaretune.bench.quantize", "quantization filters vs NVFlare's ModelQuantizer vs a tensor copy"),
     "stream": ("flaretune.bench.stream", "ObjectStreamer model transfer vs FLARE's default tensor path (POC)"),
+    "secagg": ("flaretune.bench.secagg", "secure aggregation vs plain FedAvg: bytes and wall time per round"),
 }
 
 
