@@ -21,6 +21,7 @@ _COMMANDS = {
     "bench": "flaretune.bench.cli",
     "site-policy": "flaretune.provisioning.cli",
     "privacy": "flaretune.privacy.cli",
+    "poc": "flaretune.poc_cli",
     "predict": "flaretune.predict",
 }
 

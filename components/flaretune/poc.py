@@ -292,6 +292,11 @@ def wait_job(network: KitNetwork, job_id: str, timeout: float = 900):
     return out["status"], Path(out["result"]) if out.get("result") else None
 
 
+def job_status(admin_kit, job_id: str, env: dict) -> str:
+    """A submitted job's status (``RUNNING``, ``FINISHED:COMPLETED`` ...) as the server reports it."""
+    return _admin_call(["job-status", str(admin_kit), job_id], env, 120)["status"]
+
+
 def _admin_call(args, env: dict, timeout: float, progress: Optional[Callable[[float], None]] = None) -> dict:
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "flaretune.poc"] + args, env=env, stdout=out, stderr=err,
@@ -355,6 +360,14 @@ def _cmd_submit_only(admin_kit: str, job_dir: str) -> dict:
         sess.close()
 
 
+def _cmd_job_status(admin_kit: str, job_id: str) -> dict:
+    sess = _session(admin_kit)
+    try:
+        return {"status": sess.get_job_meta(job_id).get("status")}
+    finally:
+        sess.close()
+
+
 def _cmd_wait(admin_kit: str, job_id: str, timeout: str) -> dict:
     sess = _session(admin_kit)
     try:
@@ -376,5 +389,5 @@ def _cmd_wait(admin_kit: str, job_id: str, timeout: str) -> dict:
 if __name__ == "__main__":  # the admin side, run as a child: python -m flaretune.poc wait-ready|submit ...
     command, *rest = sys.argv[1:]
     handler = {"wait-ready": _cmd_wait_ready, "submit": _cmd_submit, "submit-only": _cmd_submit_only,
-               "wait": _cmd_wait}[command]
+               "wait": _cmd_wait, "job-status": _cmd_job_status}[command]
     print(json.dumps(handler(*rest)), flush=True)
