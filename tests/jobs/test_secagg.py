@@ -18,10 +18,10 @@ def _job(tmp_path, small_hospitals, tiny_clinical_job, drop_sites=()):
     from flaretune.aggregation.secagg import FILTER_PATH, enable_secure_aggregation
     from flaretune.jobcfg import JobFolder
 
-    folder = JobFolder(tiny_clinical_job(tmp_path / "base", small_hospitals, rounds=1, num_threads=1))
+    folder = JobFolder(tiny_clinical_job(tmp_path / "base", small_hospitals, rounds=1, num_threads=1, max_steps=1))
     folder.persistor_args["lora_r"] = 512  # > 1e5 adapter values on the tiny model, for the correlation test
     described = enable_secure_aggregation(folder, ["train"])
-    assert described["result_quantization_removed"] == "float16"
+    assert described["result_quantization_removed"] == "float16" and described["task_request_interval"] == 0.5
     for chain in ("task_data_filters", "task_result_filters"):
         for entry in folder.client[chain]:
             for flt in entry["filters"]:

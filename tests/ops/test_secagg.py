@@ -51,7 +51,7 @@ def test_pairwise_keys_agree_and_shares_are_bound_to_their_pair():
         sa.open_sealed(k_ab, sealed, "r/site-3/site-2")
 
 
-def run_round(inputs, threshold, drop_before_mask=(), drop_at_unmask=(), bits=64):
+def run_round(inputs, threshold, drop_before_mask=(), drop_at_unmask=(), bits=64, f=32):
     """One protocol round in memory; returns (server, unmasked sum as float, masked vectors)."""
     names = sorted(inputs)
     clients = {n: ClientParty(n) for n in names}
@@ -60,12 +60,12 @@ def run_round(inputs, threshold, drop_before_mask=(), drop_at_unmask=(), bits=64
     u1 = server.route_shares({n: clients[n].share_keys("job/0", roster) for n in roster})
     masked = {}
     for n in u1:
-        masked[n] = clients[n].mask("job/0", u1, sa.encode(inputs[n], 32, bits, len(u1)), bits)
+        masked[n] = clients[n].mask("job/0", u1, sa.encode(inputs[n], f, bits, len(u1)), bits)
         if n not in drop_before_mask:
             server.add_masked(n, masked[n])
     replies = {n: clients[n].unmask("job/0", server.u2, server.inbox(n)) for n in server.check_inputs()
                if n not in drop_at_unmask}
-    return server, sa.decode(server.unmask(replies), 32, bits), masked
+    return server, sa.decode(server.unmask(replies), f, bits), masked
 
 
 def _inputs(n_sites=3, size=2000, seed=0):
@@ -117,3 +117,10 @@ def test_a_site_never_masks_twice_nor_reveals_both_seeds():
 
 def test_default_threshold_is_a_strict_majority():
     assert [default_threshold(n) for n in (2, 3, 4, 5, 10)] == [2, 2, 3, 3, 6]
+
+
+def test_32_bit_words_sum_exactly_at_their_own_precision():
+    inputs = _inputs(n_sites=3, size=1000)
+    server, total, masked = run_round(inputs, 2, drop_before_mask=("site-1",), bits=32, f=16)
+    assert masked["site-2"].dtype == np.uint32
+    np.testing.assert_allclose(total, inputs["site-2"] + inputs["site-3"], rtol=0, atol=2 * 2.0 ** -17)

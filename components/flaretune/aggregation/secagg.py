@@ -39,6 +39,7 @@ FILTER_PATH = "flaretune.filters.secagg.SecureAggregationFilter"
 EXECUTOR_PATH = "flaretune.executors.secagg.SecAggProtocolExecutor"
 CONTROLLER_PATH = "flaretune.aggregation.secagg.SecAggController"
 PROTOCOL_TASKS = [keys.SECAGG_ADVERTISE_TASK, keys.SECAGG_SHARE_TASK, keys.SECAGG_UNMASK_TASK]
+TASK_REQUEST_INTERVAL = 0.5  # seconds; see enable_secure_aggregation
 _MISSING_FILTER = (f"put {FILTER_PATH} in the task data and result filters of the tasks "
                    f"{', '.join(PROTOCOL_TASKS)} and train (flaretune.aggregation.secagg.enable_secure_aggregation)")
 
@@ -220,7 +221,8 @@ def enable_secure_aggregation(job, tasks: Optional[List[str]] = None, threshold:
     :class:`~flaretune.executors.secagg.SecAggProtocolExecutor` for the protocol tasks and
     ``SecureAggregationFilter`` last in the data and result chains of ``train`` and the protocol tasks; the
     result quantization of ``train`` is removed (fixed-point encoding replaces it), task-data quantization
-    stays. ``tasks`` are the training task names (default ``["train"]``). Returns a description (JSON).
+    stays; the server's ``task_request_interval`` becomes 0.5 s unless the job sets one. ``tasks`` are the
+    training task names (default ``["train"]``). Returns a description (JSON).
     """
     tasks = list(tasks or ["train"])
     if "*" in tasks or not all(isinstance(t, str) and t for t in tasks):
@@ -232,6 +234,9 @@ def enable_secure_aggregation(job, tasks: Optional[List[str]] = None, threshold:
     except sa.SecAggError as err:
         raise ConfigError(str(err)) from None
     workflow = job.workflow()
+    # each protocol step waits for the sites' next task poll: FLARE tells an idle site to come back after
+    # the server's task_request_interval (2 s by default), so three extra steps would add ~6 s a round
+    job.server.setdefault("server", {}).setdefault("task_request_interval", TASK_REQUEST_INTERVAL)
     workflow["path"] = CONTROLLER_PATH
     workflow.setdefault("args", {}).update({"threshold": threshold or 0, "fraction_bits": fraction_bits,
                                             "modulus_bits": modulus_bits})
@@ -244,7 +249,8 @@ def enable_secure_aggregation(job, tasks: Optional[List[str]] = None, threshold:
         _append_filter(job.client, chain, tasks + PROTOCOL_TASKS, flt)
     return {"secure_aggregation": True, "protocol": "pairwise masking + Shamir dropout recovery (Bonawitz et al. 2017)",
             "threshold": threshold or "majority", "modulus_bits": modulus_bits, "fraction_bits": fraction_bits,
-            "tasks": tasks, "protocol_tasks": list(PROTOCOL_TASKS), "result_quantization_removed": quantized}
+            "tasks": tasks, "protocol_tasks": list(PROTOCOL_TASKS), "result_quantization_removed": quantized,
+            "task_request_interval": job.server["server"]["task_request_interval"]}
 
 
 def _entries_for(config: dict, chain: str, task: str) -> List[dict]:
