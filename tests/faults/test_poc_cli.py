@@ -66,3 +66,33 @@ def test_poc_start_refuses_a_job_that_needs_more_sites_before_starting_anything(
     assert result.stderr == (f"flaretune: {REPO / 'jobs' / 'clinical_ner' / 'meta.json'}: min_clients 3 needs "
                              "--sites 3 or more, got --sites 2\n")
     assert not (tmp_path / "ws").exists()
+
+
+def test_poc_start_stopped_by_sigterm_while_it_waits_for_the_sites_leaves_nothing_running(tmp_path):
+    import signal
+    import time
+
+    from flaretune.poc import PocNetwork
+
+    ws = tmp_path / "ws"
+    network = PocNetwork(ws, n_clients=2)
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "flaretune"), "poc", "start", "--sites", "2",
+                             "--workspace", str(ws)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(network._workspace_pids()) < 3 and time.monotonic() < deadline:  # server and sites started
+            time.sleep(0.2)
+        assert len(network._workspace_pids()) >= 3
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+        assert stderr.splitlines()[-1] == "flaretune: stopped by SIGTERM; the FLARE processes it started are ended"
+        assert network._workspace_pids() == []
+        assert not (ws / "flaretune-poc.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        network.stop()
