@@ -40,15 +40,18 @@ def test_report_schema_on_the_synthetic_banks(synthetic_run, capsys):
     for setting in report["local_only"]["sites"].values():
         assert SETTING_KEYS <= set(setting)
     assert set(report["zero_shot"]) == {"test", "macro_f1", "predicted"}
-    n_test = sum(len(read_instructions(out / "data" / f"site-{i}" / "test.jsonl")) for i in (1, 2, 3))
+    n_test = len(read_instructions(out / "data" / "shared_test.jsonl"))
     assert sum(report["zero_shot"]["predicted"].values()) == n_test == 180  # every test record answered once
+    # each bank's own per-round validation is the first 20 of its 60 held-out records
+    site_tests = [read_instructions(out / "data" / f"site-{i}" / "test.jsonl") for i in (1, 2, 3)]
+    shared = read_instructions(out / "data" / "shared_test.jsonl")
+    assert [len(t) for t in site_tests] == [20, 20, 20] and shared[60:80] == site_tests[1]
     assert "style=messages" in report["data"]  # the realistic banks are the default
     assert (out / "report.png").stat().st_size > 10_000
 
 
 def _shared_test(out: Path, into: Path) -> Path:
-    records = [e for i in (1, 2, 3) for e in read_instructions(out / "data" / f"site-{i}" / "test.jsonl")]
-    return write_instructions(records, into)
+    return write_instructions(read_instructions(out / "data" / "shared_test.jsonl"), into)
 
 
 def test_zero_shot_is_the_untuned_base_scored_by_the_same_function(synthetic_run, tmp_path):

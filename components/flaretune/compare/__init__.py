@@ -84,7 +84,8 @@ def _run(args) -> int:
         from flaretune.compare.aggregators import compare_aggregators, table_lines
 
         options = Options(args.sites, args.rounds, args.seed, args.skew, args.alpha, args.train, args.test,
-                          args.quantize, args.model, args.style, args.dp_epsilon)
+                          args.quantize, args.model, args.style, args.dp_epsilon,
+                          secure_aggregation=args.secure_aggregation)
         table = compare_aggregators(args.job_dir, args.out, args.aggregators, options)
         print("\n".join(table_lines(table)))
         print(f"wrote {args.out}/aggregators.json and {args.out}/aggregators.png")
@@ -93,7 +94,7 @@ def _run(args) -> int:
         args.job_dir, args.out, sites=args.sites, rounds=args.rounds, seed=args.seed, skew=args.skew,
         train_file=args.train, test_file=args.test, quantize=args.quantize, model=args.model,
         style=args.style, dp_epsilon=args.dp_epsilon, alpha=args.alpha, aggregator=args.aggregator,
-        server_lr=args.server_lr,
+        server_lr=args.server_lr, secure_aggregation=args.secure_aggregation,
     )
     print("\n".join(summary_lines(report)))
     print(f"wrote {args.out}/report.json and {args.out}/report.png")
@@ -125,5 +126,8 @@ def register(subparsers) -> None:
                         "fin_instruct messages (default, realistic) | templates")
     parser.add_argument("--dp-epsilon", type=_positive_float,
                         help="federated sites train with DP-SGD at this epsilon (delta 1e-5) over the whole job")
+    parser.add_argument("--secure-aggregation", action="store_true",
+                        help="the federated run masks every update (pairwise masks, Shamir dropout recovery): the "
+                        "server sees only the sum")
     parser.add_argument("--model", help="override the base model (e.g. tiny-minilm-ner / tiny-smollm2 for a quick check)")
     parser.set_defaults(func=_run)

@@ -119,11 +119,17 @@ def prepare_fin(
     for index in range(n_sites):
         name = site_name(index)
         site_train[name] = _read_instructions(root / name / "train.jsonl")
-        test.extend(_read_instructions(root / name / "test.jsonl"))
+        held_out = _read_instructions(root / name / "test.jsonl")
+        test.extend(held_out)
+        # the banks' own validation in the federation is a progress display: a slice keeps it cheap
+        write_instructions(held_out[:FIN_SITE_PROGRESS_TEST], root / name / "test.jsonl")
+    write_instructions(test, root / "shared_test.jsonl")
     return ComparisonData(
         root, site_train, test, list(SENTIMENT_LABELS),
-        f"{n_sites} SYNTHETIC banks (style={style}, seed={seed}, alpha={alpha}); test = union of their held-out splits",
+        f"{n_sites} SYNTHETIC banks (style={style}, seed={seed}, alpha={alpha}); test = union of their held-out "
+        f"splits ({FIN_TEST_PER_BANK} each, data/shared_test.jsonl)",
     )
 
 
 FIN_TEST_PER_BANK = 60  # 180 shared test examples at 3 banks: ~50 s to score on 2 cores with SmolLM2-135M
+FIN_SITE_PROGRESS_TEST = 20  # what each bank scores before and after its local steps, every round

@@ -33,7 +33,10 @@ def summary_lines(report: dict) -> list:
         + (f"; federated - zero-shot = {100 * (fed - report['zero_shot']['test']):+.1f} points"
            if report.get("zero_shot") else ""),
         f"upload per round per client: {report['bytes_per_round_per_client']:,} bytes "
-        f"({share:.2f}% of the {report['full_model_bytes']:,}-byte fp32 model; quantization {report['quantization']})",
+        f"({share:.2f}% of the {report['full_model_bytes']:,}-byte fp32 model; "
+        + (f"masked {report['secure_aggregation']['modulus_bits']}-bit fixed point up, quantization "
+           f"{report['quantization']} down)" if report.get("secure_aggregation") else
+           f"quantization {report['quantization']})"),
         f"wall time {report['wall_s']:.0f}s",
     ]
     lines += [f"WARNING {line}" for line in report.get("collapse", [])]

@@ -48,6 +48,7 @@ class Options:
     dp_epsilon: Optional[float] = None
     aggregator: Optional[str] = None
     server_lr: Optional[float] = None
+    secure_aggregation: bool = False
 
 
 @dataclass
@@ -152,6 +153,11 @@ def federated(run: Run, folder: Path, step: str, workflow: Optional[dict] = None
     if options.quantize is not None:
         job.set_quantization(options.quantize, TASKS)
     dp = _dp_sgd(ex, run.rounds, run.hp["epochs_per_round"], options.dp_epsilon) if options.dp_epsilon else None
+    secagg = None
+    if options.secure_aggregation:
+        from flaretune.aggregation.secagg import enable_secure_aggregation
+
+        secagg = enable_secure_aggregation(job, ["train"])
     quantization = job.quantization()
     folder.mkdir(parents=True, exist_ok=True)
     run_job = job.write(folder / "job")
@@ -176,14 +182,29 @@ def federated(run: Run, folder: Path, step: str, workflow: Optional[dict] = None
     final = per_round_scores[-1]
     _say(f"  federated: {seconds:.0f}s in the simulator; {run.scenario.describe(final)}")
     _warn_collapse("federated", final)
-    adapter = run.evaluator.get_params()
-    wire = update_wire_bytes({k: v.numpy() for k, v in adapter.items()}, quantization)
+    adapter = {k: v.numpy() for k, v in run.evaluator.get_params().items()}
+    if secagg is None:
+        wire = update_wire_bytes(adapter, quantization)
+    else:  # every value (and the weight) as one fixed-point integer, plus the protocol's own messages
+        wire = _secagg_wire_bytes(adapter, secagg, global_dir)
+        secagg["bytes_per_round_per_client"] = wire
     return {
         "setting": {**run.scenario.setting(final), "per_round": per_round, "seconds": round(seconds, 1)},
         "per_round_scores": per_round_scores, "scores": final, "bytes_per_round_per_client": wire,
         "quantization": quantization or "none", "aggregator": name, "server_lr": lr, "dp": dp,
-        "adapter_dir": str(global_dir / "adapter"), "seconds": seconds,
+        "adapter_dir": str(global_dir / "adapter"), "seconds": seconds, "secure_aggregation": secagg,
     }
+
+
+def _secagg_wire_bytes(adapter: dict, secagg: dict, global_dir: Path) -> int:
+    """Masked upload (one ``modulus_bits`` integer per value, and one for the weight) plus the mean per-site
+    bytes of the key, share and unmask answers that ``history.json`` recorded per round."""
+    n_values = sum(int(v.size) for v in adapter.values()) + 1
+    masked = n_values * secagg["modulus_bits"] // 8
+    history = json.loads((global_dir / "history.json").read_text()) if (global_dir / "history.json").is_file() else {}
+    protocol = [sum(r["secure_aggregation"]["protocol_bytes_up"].values()) / max(1, len(r["secure_aggregation"]["protocol_bytes_up"]))
+                for r in history.get("rounds", []) if "secure_aggregation" in r]
+    return int(masked + (sum(protocol) / len(protocol) if protocol else 0))
 
 
 def _steps(run: Run, n_sites_pooled: int) -> int:
@@ -249,10 +270,11 @@ def baselines(run: Run, first_step: int, step_count: int) -> dict:
 def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed: int = 0, skew: float = 0.8,
             train_file=None, test_file=None, quantize: Optional[str] = None, model: Optional[str] = None,
             style: Optional[str] = None, dp_epsilon: Optional[float] = None, alpha: float = 0.5,
-            aggregator: Optional[str] = None, server_lr: Optional[float] = None) -> dict:
+            aggregator: Optional[str] = None, server_lr: Optional[float] = None,
+            secure_aggregation: bool = False) -> dict:
     """The whole comparison; writes ``report.json`` and ``report.png`` under ``out_dir``."""
     options = Options(sites, rounds, seed, skew, alpha, train_file, test_file, quantize, model, style, dp_epsilon,
-                      aggregator, server_lr)
+                      aggregator, server_lr, secure_aggregation)
     started = time.time()
     probe = scenario_for(JobFolder(job_dir))
     steps = 6 if probe.zero_shot else 5
@@ -289,6 +311,7 @@ def build_report(run: Run, fed: dict, base: dict, wall_s: float) -> dict:
         "aggregator": fed["aggregator"],
         "server_lr": fed["server_lr"],
         "quantization": fed["quantization"],
+        "secure_aggregation": fed["secure_aggregation"],
         "data": run.data.description,
         "adapter_dir": fed["adapter_dir"],
     }
