@@ -37,7 +37,7 @@ BANKS = ["bank-north", "bank-south", "bank-east"]
 @pytest.mark.parametrize("template, clients, allowed, dp, secagg", [
     ("hospital_network.yml", ["hospital-a", "hospital-b", "hospital-c"],
      ["*lora_*", "*.classifier.*", "*modules_to_save*"], DP, None),
-    ("bank_network.yml", BANKS, ["*lora_*"], None, SECAGG),
+    ("bank_network.yml", BANKS, ["*lora_*"], DP, SECAGG),
 ])
 def test_templates_provision_kits_with_flaretune_site_policy(tmp_path, template, clients, allowed, dp, secagg):
     project = yaml.safe_load((TEMPLATES / template).read_text())
@@ -54,7 +54,7 @@ def test_templates_provision_kits_with_flaretune_site_policy(tmp_path, template,
         privacy = json.loads((prod / site / "local" / "privacy.json").read_text())
         scope = privacy["scopes"][0]
         assert privacy["default_scope"] == scope["name"] == "adapters_only"
-        # hospitals clip and noise every update themselves, before the guard; banks mask it, after the guard
+        # hospitals and banks clip and noise every update themselves, before the guard; banks then mask it
         expected = [f for f in (dp, "guard", secagg) if f]
         results = scope["task_result_filters"]
         assert [f if f in (dp, secagg) else "guard" for f in results] == expected
@@ -134,7 +134,7 @@ def test_hospital_kits_run_clinical_ner_and_the_guard_checks_every_result(tmp_pa
 @pytest.mark.integration
 def test_bank_kits_refuse_an_unmasked_update_and_run_a_secure_aggregation_job(tmp_path):
     """The bank template on loopback: a plain FedAvg job is refused at every bank (its update would leave
-    unmasked); the same job under secure aggregation completes, every bank masking its update."""
+    unmasked); the same job under secure aggregation completes, every bank noising, then masking its update."""
     from flaretune.aggregation.secagg import enable_secure_aggregation
     from flaretune.data.finance import make_fin_dataset
     from flaretune.jobcfg import JobFolder
@@ -181,6 +181,9 @@ def test_bank_kits_refuse_an_unmasked_update_and_run_a_secure_aggregation_job(tm
             assert "aborted" in refused, name
         log = (prod / name / job_id / "log.txt").read_text()
         assert "allowed to leave" in log and f"{name}: masked its update" in log, name
+        # distributed DP: the bank noised its update before masking it
+        noised, masked = log.index("GaussianPrivacyFilter clipped the update"), log.index(f"{name}: masked its update")
+        assert noised < masked, name
     assert refusing
     history = json.loads(next(result.glob("**/global_model/history.json")).read_text())
     assert history["rounds"][0]["secure_aggregation"]["u2"] == sorted(BANKS)
