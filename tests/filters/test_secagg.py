@@ -40,17 +40,22 @@ def empty():
 
 def update(seed, n):
     rng = np.random.default_rng(seed)
-    params = {"a.lora_A.weight": rng.normal(size=(4, 8)).astype(np.float32), "a.lora_B.weight": rng.normal(size=8).astype(np.float32)}
-    return params, DXO(DataKind.WEIGHTS, dict(params), meta={keys.NUM_EXAMPLES: n, MetaKey.INITIAL_METRICS: {"f1": 0.5}})
+    params = {"a.lora_A.weight": rng.normal(size=(4, 8)).astype(np.float32),
+              "a.lora_B.weight": rng.normal(size=8).astype(np.float32)}
+    meta = {keys.NUM_EXAMPLES: n, MetaKey.INITIAL_METRICS: {"f1": 0.5}}
+    return params, DXO(DataKind.WEIGHTS, dict(params), meta=meta)
 
 
 def test_a_round_through_the_filter_gives_the_weighted_mean_and_hides_the_count(job="job-a"):
     flt = SecureAggregationFilter()
     server = ServerParty("r0", SITES, 2, 64)
-    ask = lambda task, req: {s: step(flt, s, task, {**req, "round": "r0"}, empty(), job).meta[keys.SECAGG] for s in SITES}
+    def ask(task, req):
+        return {s: step(flt, s, task, {**req, "round": "r0"}, empty(), job).meta[keys.SECAGG] for s in SITES}
+
     roster = server.collect_keys({s: a["keys"] for s, a in ask("secagg_advertise", {"step": "advertise", "sites": SITES,
                                                                                      "threshold": 2}).items()})
-    u1 = server.route_shares({s: a["sealed"] for s, a in ask("secagg_share", {"step": "share", "roster": roster}).items()})
+    shares = ask("secagg_share", {"step": "share", "roster": roster})
+    u1 = server.route_shares({s: a["sealed"] for s, a in shares.items()})
     train = {"round": "r0", "step": "train", "u1": u1, "fraction_bits": 32, "modulus_bits": 64}
     truth = {}
     for i, site in enumerate(SITES):
@@ -60,10 +65,12 @@ def test_a_round_through_the_filter_gives_the_weighted_mean_and_hides_the_count(
         assert keys.NUM_EXAMPLES not in out.meta and MetaKey.INITIAL_METRICS not in out.meta
         assert out.data["a.lora_A.weight"].dtype == np.uint64 and out.data["a.lora_A.weight"].shape == (4, 8)
         layout = out.meta[keys.SECAGG]["layout"]
-        server.add_masked(site, np.concatenate([out.data[n].ravel() for n, _ in layout] + [out.data[keys.SECAGG_WEIGHT]]))
-    replies = {s: step(flt, s, "secagg_unmask", {"round": "r0", "step": "unmask", "u2": server.u2,
-                                                 "inbox": {s: server.inbox(s)}}, empty(), job).meta[keys.SECAGG]["shares"]
-               for s in SITES}
+        vector = [out.data[n].ravel() for n, _ in layout] + [out.data[keys.SECAGG_WEIGHT]]
+        server.add_masked(site, np.concatenate(vector))
+    replies = {}
+    for s in SITES:
+        request = {"round": "r0", "step": "unmask", "u2": server.u2, "inbox": {s: server.inbox(s)}}
+        replies[s] = step(flt, s, "secagg_unmask", request, empty(), job).meta[keys.SECAGG]["shares"]
     total = sa.decode(server.unmask(replies), 32, 64)
     assert total[-1] == 60
     mean = sa.unflatten(total[:-1] / total[-1], layout)

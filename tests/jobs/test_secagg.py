@@ -26,7 +26,8 @@ def _job(tmp_path, small_hospitals, tiny_clinical_job, drop_sites=()):
         for entry in folder.client[chain]:
             for flt in entry["filters"]:
                 if flt["path"] == FILTER_PATH:
-                    flt.update(path=KIT_FILTER, args={"record_dir": str(tmp_path / "rec"), "drop_sites": list(drop_sites)})
+                    flt.update(path=KIT_FILTER,
+                               args={"record_dir": str(tmp_path / "rec"), "drop_sites": list(drop_sites)})
     return folder.write(tmp_path / "job")
 
 

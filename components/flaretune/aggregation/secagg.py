@@ -21,6 +21,7 @@ job's strategy (``fedavg`` gives FedAvg exactly; FedOpt strategies step from it)
 """
 
 import secrets
+import time
 from contextlib import contextmanager
 from typing import Dict, List, Optional
 
@@ -76,6 +77,7 @@ class SecAggController(FedAggController):
         self._params_type = ParamsType.FULL
         self._round_info: dict = {}
         self._bytes: dict = {"down_per_site": 0, "up": {}}
+        self._seconds: Dict[str, float] = {}  # wall time of each broadcast of the round
 
     # -- one round: keys, shares, masked training ---------------------------------------------------
     def train(self, round_number, sites, global_model, meta) -> Dict[str, SiteResult]:
@@ -87,7 +89,7 @@ class SecAggController(FedAggController):
         check_threshold(t, len(sites))
         rid = f"{round_number}/{secrets.token_hex(8)}"
         party = self._party = ServerParty(rid, sites, t, self.modulus_bits)
-        self._bytes = {"down_per_site": 0, "up": {}}
+        self._bytes, self._seconds = {"down_per_site": 0, "up": {}}, {}
         answers = self._ask(keys.SECAGG_ADVERTISE_TASK, {"step": "advertise", "sites": party.sites, "threshold": t},
                             party.sites, "keys")
         roster = party.collect_keys({site: a["keys"] for site, a in answers.items()})
@@ -106,7 +108,8 @@ class SecAggController(FedAggController):
             site, info = _client_name(reply), (reply.meta or {}).get(keys.SECAGG) or {}
             params = reply.params or {}
             if info.get("round") != rid or not info.get("masked") or keys.SECAGG_WEIGHT not in params:
-                self.warning(f"round {round_number + 1}/{self.num_rounds}: {site} sent no masked update; left out. {_MISSING_FILTER}")
+                self.warning(f"round {round_number + 1}/{self.num_rounds}: {site} sent no masked update; "
+                             f"left out. {_MISSING_FILTER}")
                 continue
             layout = [(name, list(shape)) for name, shape in info["layout"]]
             vector = np.concatenate([np.asarray(params[name]).ravel() for name, _ in layout]
@@ -116,7 +119,7 @@ class SecAggController(FedAggController):
             self._params_type = reply.params_type
             results[site] = SiteResult(None, None, reply.metrics or {}, (reply.meta or {}).get(keys.UPLOAD_BYTES))
         if len({repr(v) for v in layouts.values()}) > 1:
-            raise sa.SecAggError(f"the sites' masked updates have different layouts")
+            raise sa.SecAggError("the sites' masked updates have different layouts")
         self._layout = next(iter(layouts.values()), [])
         return results
 
@@ -134,7 +137,7 @@ class SecAggController(FedAggController):
             "modulus_bits": self.modulus_bits, "fraction_bits": self.fraction_bits,
             # key, share and unmask messages (payload bytes, FLARE framing excluded), not the masked tensors
             "protocol_bytes_down_per_site": self._bytes["down_per_site"],
-            "protocol_bytes_up": dict(sorted(self._bytes["up"].items()))}}
+            "protocol_bytes_up": dict(sorted(self._bytes["up"].items())), "step_seconds": dict(self._seconds)}}
         return sa.unflatten(total[:-1], self._layout), float(total[-1]), u2
 
     def round_info(self) -> dict:
@@ -142,8 +145,11 @@ class SecAggController(FedAggController):
 
     # -- messaging ------------------------------------------------------------------------------------
     def _broadcast(self, task_name: str, data: FLModel, targets: List[str], t: int) -> List[FLModel]:
-        return self.broadcast_model(task_name=task_name, data=data, targets=targets, min_responses=t,
-                                    timeout=self.train_timeout, wait_time_after_min_received=self.dropout_wait)
+        started = time.time()
+        replies = self.broadcast_model(task_name=task_name, data=data, targets=targets, min_responses=t,
+                                       timeout=self.train_timeout, wait_time_after_min_received=self.dropout_wait)
+        self._seconds[task_name] = round(time.time() - started, 3)
+        return replies
 
     def _ask(self, task_name: str, request: dict, targets: List[str], field: str) -> Dict[str, dict]:
         """Each site's answer to one protocol step (``field`` must be in it); sites that failed are dropouts."""

@@ -150,7 +150,9 @@ class SecureAggregationFilter(Filter):
         masked = party.mask(request["round"], u1, sa.encode(weighted, f, k, len(u1)), k)
         data = {name: part for name, part in zip([name for name, _ in layout], _split(masked[:-1], layout))}
         data[keys.SECAGG_WEIGHT] = masked[-1:]
-        drop = {keys.NUM_EXAMPLES, MetaKey.NUM_STEPS_CURRENT_ROUND, MetaKey.FILTER_HISTORY} | (set() if self.keep_metrics else {MetaKey.INITIAL_METRICS})
+        drop = {keys.NUM_EXAMPLES, MetaKey.NUM_STEPS_CURRENT_ROUND, MetaKey.FILTER_HISTORY}
+        if not self.keep_metrics:
+            drop.add(MetaKey.INITIAL_METRICS)
         meta = {key: value for key, value in (dxo.meta or {}).items() if key not in drop}
         meta[keys.UPLOAD_BYTES] = int(sum(a.nbytes for a in data.values()))
         meta[keys.SECAGG] = {"round": request["round"], "layout": layout, "fraction_bits": f, "modulus_bits": k,

@@ -44,7 +44,8 @@ class SecAggError(FlaretuneError, ValueError):
 def check_encoding(fraction_bits, modulus_bits) -> None:
     if modulus_bits not in MODULUS_BITS:
         raise SecAggError(f"modulus_bits must be one of {MODULUS_BITS}, got {modulus_bits!r}")
-    if isinstance(fraction_bits, bool) or not isinstance(fraction_bits, int) or not 0 <= fraction_bits < modulus_bits - 8:
+    if (isinstance(fraction_bits, bool) or not isinstance(fraction_bits, int)
+            or not 0 <= fraction_bits < modulus_bits - 8):
         raise SecAggError(f"fraction_bits must be an int in [0, {modulus_bits - 8}), got {fraction_bits!r}")
 
 

@@ -84,7 +84,8 @@ class ClientParty:
     def share_keys(self, round_id: str, roster: Mapping[str, Mapping[str, bytes]]) -> Dict[str, bytes]:
         state = self._round(round_id, "share_keys")
         mine = roster.get(self.name)
-        if not mine or bytes(mine["c_pk"]) != sa.public_bytes(state.c_key) or bytes(mine["s_pk"]) != sa.public_bytes(state.s_key):
+        own = {"c_pk": sa.public_bytes(state.c_key), "s_pk": sa.public_bytes(state.s_key)}
+        if not mine or any(bytes(mine.get(k, b"")) != v for k, v in own.items()):
             raise SecAggError(f"{self.name}: the relayed roster does not carry this site's own public keys")
         if not set(roster) <= set(state.sites) or len(roster) < state.threshold:
             raise SecAggError(f"{self.name}: the roster {sorted(roster)} must be at least {state.threshold} of the "
@@ -170,9 +171,11 @@ class ServerParty:
 
     def route_shares(self, replies: Mapping[str, Mapping[str, bytes]]) -> List[str]:
         """U1: the roster sites that sent a sealed share for every roster site."""
-        self.u1 = sorted(site for site, sealed in replies.items() if site in self.roster and set(sealed) >= set(self.roster))
+        self.u1 = sorted(site for site, sealed in replies.items()
+                         if site in self.roster and set(sealed) >= set(self.roster))
         self._need(self.u1, "key sharing", list(self.roster))
-        self._inbox = {receiver: {sender: bytes(replies[sender][receiver]) for sender in self.u1} for receiver in self.u1}
+        self._inbox = {receiver: {sender: bytes(replies[sender][receiver]) for sender in self.u1}
+                       for receiver in self.u1}
         return self.u1
 
     def inbox(self, receiver: str) -> Dict[str, bytes]:
