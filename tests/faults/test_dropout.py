@@ -57,9 +57,10 @@ def test_a_straggler_is_left_out_of_its_round_and_rejoins_from_the_current_globa
         sys.path.remove(str(SITES_DIR))
     records = tmp_path / "received"
     records.mkdir()
-    # site-3 sleeps 28 s in round 2 of 3; the deadline is 20 s (round 1, with set-up, took 10 s here); 2 of 3 suffice
-    job = _job(tmp_path / "job", 3, {"site-3": [1]}, 28, records, min_clients=2, train_timeout=20)
-    returncode, run_dir, log, _ = _simulate(job, tmp_path, timeout=150)
+    # site-3 sleeps 40 s in round 2 of 3; the deadline is 30 s (round 1, with set-up, took 10-14 s here under
+    # load); 2 of 3 results suffice
+    job = _job(tmp_path / "job", 3, {"site-3": [1]}, 40, records, min_clients=2, train_timeout=30)
+    returncode, run_dir, log, _ = _simulate(job, tmp_path, timeout=300)
 
     assert returncode == 0, log[-3000:]
     history = json.loads((run_dir / "global_model" / "history.json").read_text())
@@ -67,7 +68,7 @@ def test_a_straggler_is_left_out_of_its_round_and_rejoins_from_the_current_globa
         ["site-1", "site-2", "site-3"], ["site-1", "site-2"], ["site-1", "site-2", "site-3"]]
     assert [r["missing"] for r in history["rounds"]] == [[], ["site-3"], []]
     assert "error" not in history
-    assert log.count("round 2/3: deadline of 20s passed; the round completes with 2 of 3 sites; no result from "
+    assert log.count("round 2/3: deadline of 30s passed; the round completes with 2 of 3 sites; no result from "
                      "site-3 (a late result is dropped; the site trains again next round)") == 1
     # what each site trained from: round r's task carried the global model published after round r-1
     globals_ = [params_sha256(load_file(str(run_dir / "global_model" / f"round-{r:03d}.safetensors")))
@@ -85,10 +86,10 @@ def test_too_few_sites_stop_the_job_with_one_message_naming_them(tmp_path):
     records.mkdir()
     # site-2 and site-3 go silent in round 2 (for far longer than the test): 1 result, 2 needed
     job = _job(tmp_path / "job", 2, {"site-2": [1], "site-3": [1]}, 600, records,
-               min_clients=2, train_timeout=20, min_clients_wait=5)
-    _, run_dir, log, elapsed = _simulate(job, tmp_path, timeout=150)
+               min_clients=2, train_timeout=30, min_clients_wait=5)
+    _, run_dir, log, elapsed = _simulate(job, tmp_path, timeout=300)
 
-    silent = "no answer within the 20s deadline and 5s wait"
+    silent = "no answer within the 30s deadline and 5s wait"
     message = f"round 2/2: 1 result(s) accepted, 2 needed (min_clients); site-2: {silent}; site-3: {silent}"
     history = json.loads((run_dir / "global_model" / "history.json").read_text())
     assert history["error"] == message
@@ -96,4 +97,4 @@ def test_too_few_sites_stop_the_job_with_one_message_naming_them(tmp_path):
     assert "round 2/2: 1 result(s), 2 needed (min_clients); waiting up to 5s for site-2, site-3" in log
     assert message in log
     assert "round 2/2 done" not in log and "final global model" not in log
-    assert elapsed < 120  # it stopped; the silent sites' 600 s sleep was cut by the job's abort
+    assert elapsed < 240  # it stopped; the silent sites' 600 s sleep was cut by the job's abort
