@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_a_site_whose_data_path_is_missing_is_named_and_the_job_stops_before_a_r
     data = tmp_path / "data"
     make_clinical_dataset(data, n_sites=2, seed=1, skew=0.8, n_train=16, n_test=8)
     shutil.rmtree(data / "site-2")  # site-2's admin pointed the job at a folder that is not there
-    folder = JobFolder(__import__("pathlib").Path(__file__).resolve().parents[2] / "jobs" / "clinical_ner")
+    folder = JobFolder(Path(__file__).resolve().parents[2] / "jobs" / "clinical_ner")
     folder.set_rounds(2)
     folder.persistor_args.update({"model_name": "tiny-minilm-ner", "lora_r": 2})
     folder.workflow_args["min_clients"] = 2

@@ -35,7 +35,7 @@ def test_poc_start_runs_a_job_and_stop_leaves_nothing_running(tmp_path):
         started = _flaretune("poc", "start", "--sites", 2, "--job", job, "--workspace", ws)
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         lines = started.stdout.splitlines()
-        assert lines[0].startswith(f"preparing a POC network (server + 2 sites, 127.0.0.1:") and str(ws) in lines[0]
+        assert lines[0].startswith("preparing a POC network (server + 2 sites, 127.0.0.1:") and str(ws) in lines[0]
         job_id = lines[2].split(" as job ")[1]
         assert lines[2] == f"submitted {job} as job {job_id}"
         assert lines[3].startswith(f"admin startup kit: {network.prod_dir / 'admin@nvidia.com'}")
