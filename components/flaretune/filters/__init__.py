@@ -1,5 +1,6 @@
 """FLARE DXO filters over :mod:`flaretune.ops`: quantization and top-k sparsification; and
-:class:`AdapterOnlyGuard`, the site privacy filter the provisioning templates install.
+:class:`AdapterOnlyGuard`, the site privacy filter the provisioning templates install; client-level DP
+(:class:`GaussianPrivacyFilter`) and secure aggregation's site half (:class:`SecureAggregationFilter`).
 
 Wire them task by task (FLARE 2.9 never matches ``tasks=["*"]``); :func:`filter_config` writes the
 JSON for one side of a job.
@@ -12,7 +13,8 @@ from typing import List, Optional
 # with filter_config() stays cheap
 _LAZY = {"QuantizeFilter": "quantize", "DequantizeFilter": "quantize", "QUANT_META_KEY": "quantize",
          "TopKSparsifyFilter": "sparsify", "DensifyFilter": "sparsify", "SPARSE_META_KEY": "sparsify",
-         "AdapterOnlyGuard": "guard", "GaussianPrivacyFilter": "dp", "DP_META_KEY": "dp"}
+         "AdapterOnlyGuard": "guard", "GaussianPrivacyFilter": "dp", "DP_META_KEY": "dp",
+         "SecureAggregationFilter": "secagg"}
 
 __all__ = [
     "QuantizeFilter",
@@ -24,6 +26,7 @@ __all__ = [
     "AdapterOnlyGuard",
     "GaussianPrivacyFilter",
     "DP_META_KEY",
+    "SecureAggregationFilter",
     "filter_config",
 ]
 
