@@ -119,8 +119,17 @@ def test_default_threshold_is_a_strict_majority():
     assert [default_threshold(n) for n in (2, 3, 4, 5, 10)] == [2, 2, 3, 3, 6]
 
 
-def test_32_bit_words_sum_exactly_at_their_own_precision():
+@pytest.mark.parametrize("bits, f", [(32, 16), (24, 12)])
+def test_narrow_words_sum_exactly_at_their_own_precision(bits, f):
     inputs = _inputs(n_sites=3, size=1000)
-    server, total, masked = run_round(inputs, 2, drop_before_mask=("site-1",), bits=32, f=16)
-    assert masked["site-2"].dtype == np.uint32
-    np.testing.assert_allclose(total, inputs["site-2"] + inputs["site-3"], rtol=0, atol=2 * 2.0 ** -17)
+    server, total, masked = run_round(inputs, 2, drop_before_mask=("site-1",), bits=bits, f=f)
+    assert masked["site-2"].dtype == np.uint32 and int(masked["site-2"].max()) < 2 ** bits
+    np.testing.assert_allclose(total, inputs["site-2"] + inputs["site-3"], rtol=0, atol=2 * 2.0 ** -(f + 1))
+
+
+def test_24_bit_words_travel_as_3_bytes():
+    words = sa.encode(np.array([-1.0, 0.5, 3.25, -0.001]), 12, 24, 3)
+    wire = sa.to_wire(words, 24)
+    assert wire.dtype == np.uint8 and wire.size == 12
+    assert np.array_equal(sa.from_wire(wire, 24), words)
+    assert np.allclose(sa.decode(sa.from_wire(wire, 24), 12, 24), [-1.0, 0.5, 3.25, -0.001], atol=2.0 ** -13)

@@ -50,7 +50,7 @@ class SecAggController(FedAggController):
 
     Args (besides FedAggController's):
         threshold: Shamir threshold t in [2, sites]; 0 picks ``sites // 2 + 1``.
-        fraction_bits / modulus_bits: fixed point ``round(v · 2^f) mod 2^k``, k 32 or 64; a site refuses a
+        fraction_bits / modulus_bits: fixed point ``round(v · 2^f) mod 2^k``, k 24, 32 or 64; a site refuses a
             value that could overflow (``|n·x| >= 2^(k-1-f) / sites``) instead of clipping it.
         dropout_wait: seconds each step waits for the remaining sites once ``t`` have answered.
     """
@@ -112,8 +112,9 @@ class SecAggController(FedAggController):
                              f"left out. {_MISSING_FILTER}")
                 continue
             layout = [(name, list(shape)) for name, shape in info["layout"]]
-            vector = np.concatenate([np.asarray(params[name]).ravel() for name, _ in layout]
-                                    + [np.asarray(params[keys.SECAGG_WEIGHT]).ravel()])
+            vector = sa.from_wire(np.concatenate([np.asarray(params[name]).ravel() for name, _ in layout]
+                                                 + [np.asarray(params[keys.SECAGG_WEIGHT]).ravel()]),
+                                  self.modulus_bits)
             party.add_masked(site, vector)
             layouts[site] = layout
             self._params_type = reply.params_type

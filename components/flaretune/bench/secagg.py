@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sites", type=int, default=3, help="number of sites (default 3)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per run (default 2)")
     parser.add_argument("--max-steps", type=int, default=5, help="local steps per round (default 5)")
-    parser.add_argument("--modulus-bits", type=int, default=64, choices=(32, 64), help="secure aggregation's k")
+    parser.add_argument("--modulus-bits", type=int, default=64, choices=(24, 32, 64), help="secure aggregation's k")
     parser.add_argument("--fraction-bits", type=int, default=32, help="secure aggregation's f (default 32)")
     parser.add_argument("--json", default="", help="write the rows here")
     parser.add_argument("--workdir", default="", help="where the jobs and workspaces go (default: a temp folder)")

@@ -11,7 +11,8 @@ scope, where FLARE applies it to every task of every job:
   an empty result, and the filter replaces it with the site's answer to the recorded request;
 * ``train`` results (out): the WEIGHTS / WEIGHT_DIFF update ``x`` and its example count ``n`` become
   ``encode(n·x) ++ [encode(n)]`` in Z_{2^k}, masked; the tensors keep their names and shapes (as uint32 or
-  uint64), the example count travels masked as ``flaretune_secagg.weight``. The plain ``num_examples``
+  uint64; 24-bit words as 3 bytes each, flat uint8), the example count travels masked as
+  ``flaretune_secagg.weight``. The plain ``num_examples``
   and the training metrics are removed from the result: the server learns only the weighted sum.
 
 It fails closed. A model result it cannot mask — a task that carries no secure-aggregation round (the job
@@ -148,8 +149,9 @@ class SecureAggregationFilter(Filter):
         vector, layout = sa.flatten(values)
         weighted = np.concatenate([vector * float(n), [float(n)]])  # n·x, then n: both summed under the masks
         masked = party.mask(request["round"], u1, sa.encode(weighted, f, k, len(u1)), k)
-        data = {name: part for name, part in zip([name for name, _ in layout], _split(masked[:-1], layout))}
-        data[keys.SECAGG_WEIGHT] = masked[-1:]
+        parts = zip([name for name, _ in layout], _split(masked[:-1], layout))
+        data = {name: part if k != 24 else sa.to_wire(part.ravel(), k) for name, part in parts}  # 24: 3 bytes a word
+        data[keys.SECAGG_WEIGHT] = sa.to_wire(masked[-1:], k)
         drop = {keys.NUM_EXAMPLES, MetaKey.NUM_STEPS_CURRENT_ROUND, MetaKey.FILTER_HISTORY}
         if not self.keep_metrics:
             drop.add(MetaKey.INITIAL_METRICS)

@@ -31,9 +31,8 @@ from flaretune.errors import FlaretuneError
 
 PRIME = (1 << 521) - 1  # Mersenne prime M521: the Shamir field
 SEED_BYTES = 32
-MODULUS_BITS = (32, 64)
-_DTYPES = {32: np.uint32, 64: np.uint64}
-_SIGNED = {32: np.int32, 64: np.int64}
+MODULUS_BITS = (24, 32, 64)  # 24-bit words are held in uint32 and travel as 3 bytes (to_wire)
+_DTYPES = {24: np.uint32, 32: np.uint32, 64: np.uint64}
 
 
 class SecAggError(FlaretuneError, ValueError):
@@ -67,14 +66,41 @@ def encode(values: np.ndarray, fraction_bits: int, modulus_bits: int, n_sites: i
                           f"{modulus_bits}-bit sums over {n_sites} sites with {fraction_bits} fraction bits; "
                           f"use fewer fraction_bits or modulus_bits 64 (values are never clipped)")
     scaled = np.rint(x * float(2 ** fraction_bits)).astype(np.int64)
-    return scaled.astype(_SIGNED[modulus_bits]).view(_DTYPES[modulus_bits])
+    return reduce(scaled.view(np.uint64), modulus_bits)
+
+
+def reduce(words: np.ndarray, modulus_bits: int) -> np.ndarray:
+    """``words mod 2^k`` in the word type of ``k`` (a uint32 sum wraps mod 2^32, a multiple of 2^24)."""
+    words = np.asarray(words)
+    if modulus_bits < 64:
+        words = words.astype(np.uint64) & np.uint64((1 << modulus_bits) - 1)
+    return words.astype(_DTYPES[modulus_bits])
 
 
 def decode(encoded: np.ndarray, fraction_bits: int, modulus_bits: int) -> np.ndarray:
-    """The float64 values of a (summed) encoded vector: two's complement, divided by 2^f."""
+    """The float64 values of a (summed) encoded vector: two's complement mod 2^k, divided by 2^f."""
     check_encoding(fraction_bits, modulus_bits)
-    signed = np.asarray(encoded, dtype=_DTYPES[modulus_bits]).view(_SIGNED[modulus_bits])
+    signed = reduce(encoded, modulus_bits).astype(np.uint64).view(np.int64)
+    if modulus_bits < 64:
+        signed = np.where(signed >= 1 << (modulus_bits - 1), signed - (1 << modulus_bits), signed)
     return signed.astype(np.float64) / float(2 ** fraction_bits)
+
+
+def to_wire(words: np.ndarray, modulus_bits: int) -> np.ndarray:
+    """The words as sent: 24-bit words as 3 little-endian bytes each (uint8), others unchanged."""
+    if modulus_bits != 24:
+        return words
+    return np.ascontiguousarray(reduce(words, 24).astype("<u4")).view(np.uint8).reshape(-1, 4)[:, :3].ravel()
+
+
+def from_wire(data: np.ndarray, modulus_bits: int) -> np.ndarray:
+    """Inverse of :func:`to_wire`."""
+    if modulus_bits != 24:
+        return np.asarray(data, dtype=_DTYPES[modulus_bits])
+    raw = np.asarray(data, dtype=np.uint8).reshape(-1, 3)
+    padded = np.zeros((len(raw), 4), dtype=np.uint8)
+    padded[:, :3] = raw
+    return padded.view("<u4").ravel().astype(np.uint32)
 
 
 def zeros(n: int, modulus_bits: int) -> np.ndarray:
@@ -86,13 +112,13 @@ def prg(seed: bytes, n: int, modulus_bits: int) -> np.ndarray:
     """``n`` uniform words of Z_{2^k} from a 32-byte seed (AES-256-CTR keystream, nonce 0)."""
     if len(seed) != SEED_BYTES:
         raise SecAggError(f"a mask seed must be {SEED_BYTES} bytes, got {len(seed)}")
-    width = modulus_bits // 8
+    dtype = np.dtype(_DTYPES[modulus_bits]).newbyteorder("<")
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(b"\0" * 16)).encryptor()
-    stream = encryptor.update(b"\0" * (n * width)) + encryptor.finalize()
-    return np.frombuffer(stream, dtype=np.dtype(_DTYPES[modulus_bits]).newbyteorder("<")).astype(_DTYPES[modulus_bits])
+    stream = encryptor.update(b"\0" * (n * dtype.itemsize)) + encryptor.finalize()
+    return reduce(np.frombuffer(stream, dtype=dtype), modulus_bits)
 
 
-def add_masks(vector: np.ndarray, masks: Sequence[Tuple[np.ndarray, int]]) -> np.ndarray:
+def add_masks(vector: np.ndarray, masks: Sequence[Tuple[np.ndarray, int]], modulus_bits: int) -> np.ndarray:
     """``vector + sum(sign * mask)`` in Z_{2^k} (numpy unsigned arithmetic wraps exactly)."""
     out = np.array(vector, copy=True)
     for mask, sign in masks:
@@ -100,7 +126,7 @@ def add_masks(vector: np.ndarray, masks: Sequence[Tuple[np.ndarray, int]]) -> np
             out += mask
         else:
             out -= mask
-    return out
+    return reduce(out, modulus_bits)
 
 
 def pair_sign(me: str, peer: str) -> int:

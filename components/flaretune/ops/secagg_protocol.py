@@ -121,7 +121,7 @@ class ClientParty:
             if peer != self.name:
                 seed = sa.agree(state.s_key, state.roster[peer]["s_pk"], "mask", round_id, self.name, peer)
                 masks.append((sa.prg(seed, n, modulus_bits), sa.pair_sign(self.name, peer)))
-        return sa.add_masks(encoded, masks)
+        return sa.add_masks(encoded, masks, modulus_bits)
 
     def unmask(self, round_id: str, u2: Sequence[str], sealed_for_me: Mapping[str, bytes]) -> Dict[str, dict]:
         state = self._round(round_id, "unmask")
@@ -226,4 +226,4 @@ class ServerParty:
                     total -= mask
                 else:
                     total += mask
-        return total
+        return sa.reduce(total, self.modulus_bits)
