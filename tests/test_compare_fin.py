@@ -208,3 +208,19 @@ def test_aggregator_table(tmp_path, capsys):
     assert set(table["levels"]) == {"centralized", "local_only_mean", "zero_shot"}
     assert (out / "aggregators.png").stat().st_size > 10_000
     assert "fedadam" in capsys.readouterr().out
+
+
+def test_server_lr_rule_for_the_strategies_without_a_sweep():
+    from types import SimpleNamespace
+
+    from flaretune.compare.aggregators import _workflow
+    from flaretune.compare.run import DEFAULT_FEDPROX_MU
+
+    run = SimpleNamespace(job=SimpleNamespace(workflow_args={"fedprox_mu": 0.0, "server_lr": 1.0}))
+    never = lambda: pytest.fail("no sweep for these")  # noqa: E731
+    assert _workflow(run, "fedprox", never)["fedprox_mu"] == DEFAULT_FEDPROX_MU == 0.01  # the job's mu is 0
+    run.job.workflow_args["fedprox_mu"] = 0.05
+    assert _workflow(run, "fedprox", never)["fedprox_mu"] == 0.05
+    assert _workflow(run, "fedavgm", never) == {"aggregator": "fedavgm", "server_lr": 1.0, "beta1": 0.9,
+                                                "server_lr_rule": "fixed 1, momentum 0.9"}
+    assert _workflow(run, "fedavg", never)["server_lr"] is None

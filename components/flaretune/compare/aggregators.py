@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from flaretune.compare.run import Options, Run, _say, baselines, federated, start, torch_threads
+from flaretune.compare.run import DEFAULT_FEDPROX_MU, Options, Run, _say, baselines, federated, start, torch_threads
 from flaretune.errors import ConfigError
 
 ADAPTIVE = ("fedadagrad", "fedadam", "fedyogi")
 SERVER_LR_GRID = (1e-3, 1e-2, 1e-1)
 FEDAVGM_LR, FEDAVGM_MOMENTUM = 1.0, 0.9
-DEFAULT_FEDPROX_MU = 0.01
 VALIDATION_FRACTION = 0.1
 
 

@@ -25,6 +25,7 @@ from flaretune.jobcfg import JobFolder
 from flaretune.models.lora import PeftSpec
 
 TASKS = ["train", "validate", "submit_model"]
+DEFAULT_FEDPROX_MU = 0.01  # --aggregator(s) fedprox on a job whose fedprox_mu is 0
 
 
 def _say(message: str) -> None:
@@ -122,12 +123,13 @@ def start(job_dir, out_dir, options: Options, step_count: int) -> Run:
 
 
 def _label_mix(records) -> str:
+    """" (negative 52%, neutral 33%, ...)" for instruction records; empty for NER sentences."""
+    from collections import Counter
+
     outputs = [getattr(r, "output", None) for r in records]
     if not outputs or any(o is None for o in outputs):
         return ""
-    counts: Dict[str, int] = {}
-    for o in outputs:
-        counts[o.strip().lower()] = counts.get(o.strip().lower(), 0) + 1
+    counts = Counter(o.strip().lower() for o in outputs)
     return " (" + ", ".join(f"{k} {v / len(outputs):.0%}" for k, v in sorted(counts.items())) + ")"
 
 
@@ -280,6 +282,8 @@ def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed
     steps = 6 if probe.zero_shot else 5
     run = start(job_dir, out_dir, options, steps)
     workflow = {key: value for key, value in (("aggregator", aggregator), ("server_lr", server_lr)) if value is not None}
+    if aggregator == "fedprox" and not float(run.job.workflow_args.get("fedprox_mu") or 0):
+        workflow["fedprox_mu"] = DEFAULT_FEDPROX_MU  # the jobs ship mu 0 (FedAvg); FedProx needs mu > 0
     fed = federated(run, run.out, f"[2/{steps}]", workflow)
     base = baselines(run, 3, steps)
     _say(f"[{steps}/{steps}] report")
