@@ -75,6 +75,22 @@ def test_batched_scores_match_one_by_one_and_the_multi_token_path(trainer):
             assert longer[i, j] == pytest.approx(float(batched[i, j] + after), abs=1e-4)
 
 
+def test_the_shared_prefix_runs_once_and_gives_the_same_scores(trainer, monkeypatch):
+    assert causal.shared_prefix_length([[1, 2, 3, 4], [1, 2, 3], [1, 2, 9, 9]]) == 2
+    assert causal.shared_prefix_length([[5, 6, 7]]) == 2  # a prompt keeps one token of its own
+    prompts = [e.input_ids[: e.prompt_length] for e in trainer.encode(TOY)]
+    prefix = causal.shared_prefix_length(prompts)
+    assert prefix >= causal.MIN_SHARED_PREFIX and all(len(p) > prefix for p in prompts)
+    calls = []
+    real = causal._prefix_cache
+    monkeypatch.setattr(causal, "_prefix_cache", lambda model, ids: calls.append(len(ids)) or real(model, ids))
+    cached = score_candidates(trainer.model, prompts, trainer.candidate_ids, trainer.pad_id, batch_size=2)
+    assert calls == [prefix]  # once for both batches
+    monkeypatch.setattr(causal, "MIN_SHARED_PREFIX", 10**9)
+    whole = score_candidates(trainer.model, prompts, trainer.candidate_ids, trainer.pad_id, batch_size=2)
+    torch.testing.assert_close(cached, whole, atol=1e-5, rtol=1e-5)
+
+
 def test_answer_only_logits_give_the_model_s_own_loss(trainer):
     from flaretune.train import ner
 

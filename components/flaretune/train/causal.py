@@ -88,11 +88,53 @@ def _left_padded(sequences: Sequence[Sequence[int]], pad_id: int):
     return ids, mask, positions
 
 
+MIN_SHARED_PREFIX = 8  # tokens; below this the cached prefix saves less than its copies cost
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens every prompt starts with, leaving each prompt at least one token of its own."""
+    if not prompts:
+        return 0
+    limit = min(len(p) for p in prompts) - 1
+    first, length = prompts[0], 0
+    while length < limit and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return length
+
+
+def _prefix_cache(model, prefix: Sequence[int]):
+    """The key/value cache of the shared prefix (system turn and instruction), computed once per evaluation."""
+    import torch
+
+    return model(input_ids=torch.tensor([list(prefix)]), use_cache=True).cache
+
+
+def _after_prefix(model, cache, prefix: int, suffixes: Sequence[List[int]], pad_id: int):
+    """Logits of the suffixes run on a copy of the prefix cache: the same numbers as the whole prompts give.
+
+    Suffixes are left-padded after the prefix; the padding is masked out and positions continue from the
+    prefix, so every row's last column is its prompt's last token at its true position.
+    """
+    import copy
+
+    import torch
+
+    ids, mask, pos = _left_padded(suffixes, pad_id)
+    rows = ids.shape[0]
+    past = copy.deepcopy(cache)
+    past.batch_repeat_interleave(rows)
+    full_mask = torch.cat([torch.ones((rows, prefix), dtype=mask.dtype), mask], dim=1)
+    return model(input_ids=ids, attention_mask=full_mask, position_ids=pos + prefix, cache=past,
+                 logits_to_keep=1).logits
+
+
 def score_candidates(model, prompts: Sequence[List[int]], candidates: Sequence[List[int]], pad_id: int, batch_size: int = 16):
     """``(n_prompts, n_candidates)`` tensor: summed log-prob of each candidate's tokens after each prompt.
 
     Single-token candidates (the usual case for label words) need one forward pass per prompt and
-    only the last position's logits; longer ones run prompt+candidate once per candidate.
+    only the last position's logits; the prefix every prompt shares (system turn, instruction: about
+    two thirds of a sentiment prompt) runs once and its key/value cache is reused by every batch.
+    Longer candidates run prompt+candidate once per candidate.
     """
     import torch
 
@@ -102,10 +144,16 @@ def score_candidates(model, prompts: Sequence[List[int]], candidates: Sequence[L
     with torch.no_grad():
         if longest == 1:
             index = torch.tensor([c[0] for c in candidates])
+            prefix = shared_prefix_length(prompts)
+            cache = _prefix_cache(model, prompts[0][:prefix]) if prefix >= MIN_SHARED_PREFIX else None
             for start in range(0, len(prompts), batch_size):
-                ids, mask, pos = _left_padded(prompts[start : start + batch_size], pad_id)
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
-                scores[start : start + ids.shape[0]] = logits.float().log_softmax(-1)[:, index]
+                batch = prompts[start : start + batch_size]
+                if cache is None:
+                    ids, mask, pos = _left_padded(batch, pad_id)
+                    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits
+                else:
+                    logits = _after_prefix(model, cache, prefix, [p[prefix:] for p in batch], pad_id)
+                scores[start : start + len(batch)] = logits[:, -1].float().log_softmax(-1)[:, index]
             return scores
         pairs = [(p, c) for p in range(len(prompts)) for c in range(len(candidates))]
         for start in range(0, len(pairs), batch_size):
