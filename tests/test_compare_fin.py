@@ -150,9 +150,9 @@ def test_a_malformed_data_file_is_one_line_naming_path_and_line(tmp_path, capsys
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--sites", "0"], "argument --sites: expected a whole number >= 1, got 0"),
+    (["--sites", "0"], "argument --sites: expected a whole number >= 1, got '0'"),
     (["--rounds", "x"], "argument --rounds: expected a whole number >= 1, got 'x'"),
-    (["--alpha", "-1"], "argument --alpha: expected a finite number > 0, got -1"),
+    (["--alpha", "-1"], "argument --alpha: expected a number > 0, got '-1'"),
     (["--quantize", "nf5"], "Invalid quantization_type 'nf5' for --quantize"),
     (["--aggregators", "fedavg,fedsgd"], "Invalid aggregator 'fedsgd'; valid: fedavg, fedprox"),
     (["--style", "notes"], "--style 'notes' is not a fin_instruct style; valid: messages, templates"),

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from flaretune.cliargs import positive_int
 from flaretune.errors import ConfigError
 
 
@@ -136,14 +137,6 @@ def _chat_cmd(args) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    import argparse
-
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
-
-
 def register(subparsers) -> None:
     predict = subparsers.add_parser("predict", help="label a PhraseBank / JSONL (or CoNLL) file with an adapter")
     predict.add_argument("adapter_dir", help="adapter folder, e.g. <run>/global_model/adapter")
@@ -153,6 +146,6 @@ def register(subparsers) -> None:
     talk = subparsers.add_parser("chat", help="greedy answer of an instruction adapter, through the chat template")
     talk.add_argument("adapter_dir")
     talk.add_argument("prompt")
-    talk.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    talk.add_argument("--max-new-tokens", type=positive_int, default=64)
     talk.add_argument("--system-prompt", help="default: the one the adapter was trained with")
     talk.set_defaults(func=_chat_cmd)

@@ -6,35 +6,7 @@ Every argument is checked before anything starts: a mistake is one line and exit
 import argparse
 from pathlib import Path
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
-    return value
+from flaretune.cliargs import positive_float, positive_int, unit_float
 
 
 def check_arguments(args) -> None:
@@ -108,15 +80,15 @@ def register(subparsers) -> None:
     parser.add_argument("--train", help="your training file, split across the sites non-IID: CoNLL for NER; "
                         "Financial PhraseBank (sentence@label) or instruction JSONL for fin_instruct")
     parser.add_argument("--test", help="your test file (the shared test set), same formats")
-    parser.add_argument("--sites", type=_positive_int, default=3, help="number of sites (default 3)")
-    parser.add_argument("--rounds", type=_positive_int, help="federated rounds (default: the job's num_rounds)")
+    parser.add_argument("--sites", type=positive_int, default=3, help="number of sites (default 3)")
+    parser.add_argument("--rounds", type=positive_int, help="federated rounds (default: the job's num_rounds)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skew", type=_unit_float, default=0.8,
+    parser.add_argument("--skew", type=unit_float, default=0.8,
                         help="NER: non-IID strength of the entity-mix split in [0, 1] (default 0.8)")
-    parser.add_argument("--alpha", type=_positive_float, default=0.5,
+    parser.add_argument("--alpha", type=positive_float, default=0.5,
                         help="fin_instruct: Dirichlet alpha over labels for the bank split; smaller = more skew")
     parser.add_argument("--aggregator", help="server strategy for this comparison (default: the job's)")
-    parser.add_argument("--server-lr", type=_positive_float, help="server learning rate (FedOpt family)")
+    parser.add_argument("--server-lr", type=positive_float, help="server learning rate (FedOpt family)")
     parser.add_argument("--aggregators", type=_aggregator_list,
                         help="comma-separated strategies to tabulate (aggregators.json, aggregators.png), e.g. "
                         "fedavg,fedprox,fedavgm,fedadagrad,fedadam,fedyogi")
@@ -124,7 +96,7 @@ def register(subparsers) -> None:
                         "(default: as the job folder says)")
     parser.add_argument("--style", help="synthetic data: clinical_ner notes (default) | templates; "
                         "fin_instruct messages (default, realistic) | templates")
-    parser.add_argument("--dp-epsilon", type=_positive_float,
+    parser.add_argument("--dp-epsilon", type=positive_float,
                         help="federated sites train with DP-SGD at this epsilon (delta 1e-5) over the whole job")
     parser.add_argument("--secure-aggregation", action="store_true",
                         help="the federated run masks every update (pairwise masks, Shamir dropout recovery): the "
