@@ -4,7 +4,6 @@ Bad input never shows a traceback: readers raise DataFormatError (``path:line: w
 which ``flaretune.cli.main`` prints to stderr with exit code 2.
 """
 
-import argparse
 import time
 from pathlib import Path
 from typing import Callable, List
@@ -14,30 +13,10 @@ from flaretune.data.finance import FIN_STYLES
 from flaretune.data.formats import EXTENSION, FORMATS, WRITERS, infer_format, read_records
 from flaretune.data.sites import site_name
 from flaretune.data.summary import SUMMARIES, label_counts
+from flaretune.cliargs import positive_float, positive_int, unit_float
 from flaretune.errors import FlaretuneError
 
 _MAX_TASKS = 50  # a jsonl file with at most this many distinct instructions is split by task
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def _writing(out: Path, action: Callable[[], List[Path]]) -> List[Path]:
@@ -140,7 +119,7 @@ def register(subparsers) -> None:
     clinical = kinds.add_parser(
         "clinical_ner", help="hospitals with clinical NER notes (non-IID by specialty)"
     )
-    clinical.add_argument("--skew", type=_unit_float, default=0.8, help="0 = IID sites, 1 = disjoint vocabularies")
+    clinical.add_argument("--skew", type=unit_float, default=0.8, help="0 = IID sites, 1 = disjoint vocabularies")
     clinical.add_argument(
         "--style", choices=("notes", "templates"), default="notes",
         help="notes: telegraphic, imbalanced, noisy notes with 6 entity types (default); "
@@ -150,7 +129,7 @@ def register(subparsers) -> None:
     fin = kinds.add_parser(
         "fin_instruct", aliases=["fin"], help="banks with sentiment instructions (non-IID label mix)"
     )
-    fin.add_argument("--alpha", type=_positive_float, default=0.5, help="Dirichlet alpha; smaller = more skew")
+    fin.add_argument("--alpha", type=positive_float, default=0.5, help="Dirichlet alpha; smaller = more skew")
     fin.add_argument(
         "--style", choices=FIN_STYLES, default="templates",
         help="templates: tidy news statements (default); messages: customer and market messages with "
@@ -158,16 +137,16 @@ def register(subparsers) -> None:
     )
     fin.set_defaults(func=_make_fin)
     for kind in (clinical, fin):
-        kind.add_argument("--sites", type=_positive_int, default=3, help="number of sites (default 3)")
+        kind.add_argument("--sites", type=positive_int, default=3, help="number of sites (default 3)")
         kind.add_argument("--out", type=Path, required=True, help="output folder (site-N/ inside)")
         kind.add_argument("--seed", type=int, default=0)
 
     split = sub.add_parser("split", help="split one file across sites, non-IID")
     split.add_argument("file", type=Path)
-    split.add_argument("--sites", type=_positive_int, required=True)
+    split.add_argument("--sites", type=positive_int, required=True)
     split.add_argument("--out", type=Path, required=True, help="writes OUT/site-N/train.<ext>")
-    split.add_argument("--alpha", type=_positive_float, default=0.5, help="Dirichlet alpha (phrasebank, jsonl)")
-    split.add_argument("--skew", type=_unit_float, default=0.8, help="entity-mix skew (conll)")
+    split.add_argument("--alpha", type=positive_float, default=0.5, help="Dirichlet alpha (phrasebank, jsonl)")
+    split.add_argument("--skew", type=unit_float, default=0.8, help="entity-mix skew (conll)")
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--format", choices=FORMATS, help="default: from the extension")
     split.set_defaults(func=_split)
