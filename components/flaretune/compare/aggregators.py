@@ -154,14 +154,13 @@ def compare_aggregators(job_dir, out_dir, aggregators: Sequence[str], options: O
             federation.append(InProcessFederation(run))
         return federation[0]
 
-    rows, curves = [], {}
+    rows = []
     for index, aggregator in enumerate(aggregators, start=2):
         agg_started = time.time()
         chosen = _workflow(run, aggregator, federation_factory)
         workflow = {k: v for k, v in chosen.items() if k not in ("server_lr_rule", "validation") and v is not None}
         fed = federated(run, run.out / aggregator, f"[{index}/{steps}]", workflow)
         setting = fed["setting"]
-        curves[aggregator] = setting["per_round"]
         rows.append({
             "aggregator": aggregator, "accuracy": setting["test"], "test": setting["test"],
             "macro_f1": setting.get("macro_f1"), "per_round": setting["per_round"],

@@ -2,11 +2,12 @@
 
 from pathlib import Path
 
-_TITLES = {"entity_f1": "test entity F1", "accuracy": "test accuracy"}
-
-
 def metric_title(report: dict) -> str:
-    return _TITLES.get(report["metric"], report["metric"])
+    """The scenario's name for its headline metric (the registry's ``metric_title``)."""
+    from flaretune.compare.scenarios import SCENARIOS
+
+    scenario = SCENARIOS.get(report["scenario"])
+    return scenario.metric_title if scenario else report["metric"]
 
 
 def _row(name: str, setting: dict, with_f1: bool) -> str:

@@ -96,7 +96,7 @@ def register_scenario(scenario: Scenario) -> None:
 
 
 register_scenario(Scenario(
-    name="clinical_ner", executor="PeftTrainExecutor", metric="entity_f1", metric_title="test entity F1 (strict)",
+    name="clinical_ner", executor="PeftTrainExecutor", metric="entity_f1", metric_title="test entity F1",
     headline="f1", prepare=_ner_prepare, make_trainer=_ner_trainer, setting=_ner_setting, describe=_ner_describe,
     labels_in_spec=True, zero_shot=False,
 ))
