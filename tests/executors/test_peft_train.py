@@ -67,3 +67,19 @@ def test_dp_sgd_rounds_spend_the_sites_budget_and_an_over_budget_round_is_declin
     assert again.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
     with pytest.raises(ConfigError, match="'dpsgd' needs dp_epsilon_budget > 0"):
         PeftTrainExecutor(train_step="dpsgd")
+
+
+def test_a_site_whose_tags_are_outside_the_jobs_label_set_refuses_every_train_task_in_one_line(signal, tmp_path):
+    from flaretune.errors import SITE_ERROR_HEADER
+
+    site_dir = tmp_path / "site-2"
+    site_dir.mkdir()
+    (site_dir / "train.conll").write_text("BRCA1 B-Gene\nmutation O\n\naspirin B-Chemical\n")
+    (site_dir / "test.conll").write_text("aspirin B-Chemical\n")
+    ex = PeftTrainExecutor(data_path=str(tmp_path / "{site_name}"), max_steps=1, max_length=32)
+    message = (f"site-2: {site_dir}: data has tags ['B-Gene'] that the job's label set {CLINICAL_NOTES_LABELS} "
+               "lacks; add them to the persistor's 'labels'")
+    for round_number in (0, 1):  # refused again next round (not half set up: no traceback in round 2)
+        reply = ex.execute("train", make_task(SPEC, current_round=round_number), make_ctx("site-2"), signal)
+        assert reply.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+        assert reply.get_header(SITE_ERROR_HEADER) == message

@@ -130,9 +130,13 @@ class PeftExecutor(Executor):
         if not data.train:
             raise ConfigError(f"{site}: no training records in {data.source}")
         base_dir = resolve_site_dir(self.base_model_dir, fl_ctx) if self.base_model_dir else None
-        self._trainer = self.make_trainer(spec, base_dir)
-        self._train = self._trainer.encode(data.train)
-        self._test = self._trainer.encode(data.test)
+        trainer = self.make_trainer(spec, base_dir)
+        try:
+            train, test = trainer.encode(data.train), trainer.encode(data.test)
+        except FlaretuneError as err:  # e.g. tags outside the job's label set: name the site and its data
+            raise ConfigError(f"{site}: {data.source}: {err}") from None
+        # kept only once the site's data fits: a refused site is refused again next round, not half set up
+        self._trainer, self._train, self._test = trainer, train, test
         if self.train_step == "dpsgd":
             from flaretune.privacy.site import SiteDP
 
