@@ -1,5 +1,6 @@
 """Test-only executors that misbehave on purpose: a site that stalls in chosen rounds (a straggler, or a site
-that is gone for the rest of the job). Importable by simulator workers through PYTHONPATH; never shipped."""
+that is gone for the rest of the job), and a site that sends a bad result (NaN, a wrong shape, an inflated
+example count). Importable by simulator workers through PYTHONPATH; never shipped."""
 
 import hashlib
 import json
@@ -10,10 +11,13 @@ import numpy as np
 import peft  # noqa: F401  the heavy imports at job start, not inside round 1's deadline
 import transformers  # noqa: F401
 
+from nvflare.apis.dxo import from_shareable
+from nvflare.apis.fl_constant import ReturnCode
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from flaretune.executors.peft_train import PeftTrainExecutor
+from flaretune.keys import NUM_EXAMPLES
 
 
 def params_sha256(params) -> str:
@@ -49,3 +53,51 @@ class StallingExecutor(PeftTrainExecutor):
             while time.monotonic() < end and not abort_signal.triggered:
                 time.sleep(0.1)
         return super().execute(task_name, shareable, fl_ctx, abort_signal)
+
+
+BAD_RESULTS = ("nan", "shape", "count")
+INFLATION = 1000  # a "count" result claims this many times the site's real example count
+
+
+class BadResultExecutor(PeftTrainExecutor):
+    """The real NER executor, except that ``faults[site][round]`` (one of :data:`BAD_RESULTS`, or "" for an
+    honest round) spoils the site's ``train`` result after it trained: ``nan`` sets the first value of its first
+    tensor (by name) to NaN, ``shape`` appends a copy of that tensor's first row, ``count`` multiplies the
+    example count by :data:`INFLATION`. Every ``train`` result is recorded first: ``record_dir/<site>-<round>
+    .safetensors`` holds the honest tensors and ``record_dir/<site>.jsonl`` the round, the fault, the example
+    count the site really had and the one it sent."""
+
+    def __init__(self, faults=None, record_dir: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.faults = faults or {}
+        self.record_dir = record_dir
+
+    def execute(self, task_name, shareable, fl_ctx, abort_signal):
+        reply = super().execute(task_name, shareable, fl_ctx, abort_signal)
+        if task_name != self.train_task_name or reply.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+            return reply
+        from safetensors.numpy import save_file
+
+        site = fl_ctx.get_identity_name()
+        dxo = from_shareable(reply)  # edited in place: the reply keeps its metrics and headers
+        round_number = reply.get_header(AppConstants.CURRENT_ROUND)
+        plan = self.faults.get(site, [])
+        fault = plan[round_number] if round_number < len(plan) else ""
+        save_file({k: np.ascontiguousarray(v) for k, v in dxo.data.items()},
+                  str(Path(self.record_dir) / f"{site}-{round_number}.safetensors"))
+        real = dxo.meta[NUM_EXAMPLES]
+        name = sorted(dxo.data)[0]
+        tensor = np.array(dxo.data[name])
+        if fault == "nan":
+            tensor.flat[0] = np.nan
+        elif fault == "shape":
+            tensor = np.concatenate([tensor, tensor[:1]])
+        elif fault == "count":
+            dxo.meta[NUM_EXAMPLES] = real * INFLATION
+        elif fault:
+            raise ValueError(f"unknown fault {fault!r}; valid: {', '.join(BAD_RESULTS)}")
+        dxo.data[name] = tensor
+        with open(Path(self.record_dir) / f"{site}.jsonl", "a") as f:
+            f.write(json.dumps({"round": round_number, "fault": fault, "num_examples": real,
+                                "sent_num_examples": dxo.meta[NUM_EXAMPLES], "tensor": name}) + "\n")
+        return dxo.update_shareable(reply)
