@@ -16,6 +16,8 @@ machine without CUDA those rows are reported as failed (with the reason), and re
 ``nvflare-cpu-patched`` with ``torch.Tensor.cuda`` replaced by a no-op for the duration of the
 call (bitsandbytes has CPU kernels). NVFlare has no bfloat16 type; ``adaquant`` has no
 counterpart of ours but runs on CPU, so it is measured too.
+
+``--adapter`` measures the jobs' LoRA adapter messages instead (:mod:`flaretune.bench.quantize_adapter`).
 """
 
 import argparse
@@ -72,6 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch intra-op threads (default: torch's choice); 1 is steadier on a busy machine")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--adapter", action="store_true",
+                        help="instead: the jobs' LoRA adapter messages, packed vs one array per tensor "
+                             "(uses --types, --json, --plot, --seed; see flaretune.bench.quantize_adapter)")
+    parser.add_argument("--container", choices=("numpy", "torch"), default="numpy",
+                        help="--adapter tensors: numpy (as the executors send them) or torch")
 
 
 # --- the state dict --------------------------------------------------------------------------
@@ -280,6 +287,10 @@ def _rows(types: List[str], with_nvflare: bool) -> List[_Row]:
 
 
 def run(args) -> int:
+    if getattr(args, "adapter", False):
+        from flaretune.bench.quantize_adapter import run as run_adapter
+
+        return run_adapter(args)
     import torch
     from nvflare.apis.dxo import DXO, DataKind
 

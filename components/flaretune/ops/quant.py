@@ -5,8 +5,9 @@ Pure tensor functions (no nvflare import): ``quantize(x, qtype) -> (payload, met
 payload keeps that container and device, and ``dequantize`` restores the exact dtype and shape.
 ``meta`` holds only JSON types, so it can travel in a DXO's meta.
 
-Wire format. The payload is ONE array per tensor (FOBS charges ~240 B of framing per array,
-which matters for LoRA matrices of a few thousand elements):
+Wire format. The payload is ONE array per tensor; ``encode_segments`` writes several tensors as
+segments of one payload, which :mod:`flaretune.ops.pack` uses to send a LoRA adapter as one array
+(FOBS charges ~200-280 B of framing per array, a lot for matrices of a few thousand elements):
 
 - ``float16`` / ``bfloat16``: the cast tensor (bfloat16 numpy payloads are uint16 bit patterns).
 - ``blockwise8``: uint8 buffer ``[n int8 codes | bfloat16 absmax per block]``; symmetric linear
@@ -50,7 +51,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -132,40 +133,73 @@ def quantize(x, qtype: str, block_size: Optional[int] = None) -> Tuple[Any, dict
     qt = QUANTIZATION_TYPES[validate_qtype(qtype, owner="quantize")]
     t, is_numpy = as_torch(x)
     meta = {"qtype": qt.name, "dtype": dtype_name(x), "shape": list(t.shape), "numpy": is_numpy}
-    flat = t.detach().reshape(-1)
-    if qt.kind == "cast":
-        payload = _cast(flat, qt.cast_dtype)
-    else:
-        bs = int(block_size or qt.block_size)
-        if bs <= 0 or (qt.kind == "4bit" and bs % 2):
-            raise ConfigError(f"block_size for {qt.name} must be a positive (even for 4-bit) int, got {bs}")
-        if flat.numel() == 0:
-            raise ValueError("cannot block-quantize an empty tensor")
-        if flat.dtype != torch.float32:
-            flat = flat.float()
-        encode = _encode_int8 if qt.kind == "int8" else _encode_4bit
-        payload, lo, step = encode(flat, bs, qt)
-        meta["block"] = bs
-        if lo is not None:
-            meta.update(lo=lo, step=step)
+    payload, stats = encode_segments([t.detach().reshape(-1)], qt.name, block_size)
+    meta.update(stats)
     return _to_container(payload, is_numpy), meta
 
 
 def dequantize(payload, meta: dict):
     """Inverse of ``quantize``: same dtype, shape and container; device of the payload."""
-    qt = QUANTIZATION_TYPES[meta["qtype"]]
     buf, _ = as_torch(payload)
-    n = math.prod(meta["shape"])
-    if qt.kind == "cast":
-        if buf.dtype != qt.cast_dtype:  # bfloat16 bits that travelled as uint16
-            buf = buf.view(qt.cast_dtype)
-        flat = buf
-    elif qt.kind == "int8":
-        flat = _decode_int8(buf, n, meta)
-    else:
-        flat = _decode_4bit(buf, n, meta, qt)
+    flat = decode_segments(buf, [math.prod(meta["shape"])], meta)[0]
     out = flat.reshape(meta["shape"]).to(getattr(torch, meta["dtype"]))  # numpy float names are torch names
     return out.cpu().numpy() if meta["numpy"] else out
+
+
+def encode_segments(flats: Sequence[torch.Tensor], qtype: str,
+                    block_size: Optional[int] = None) -> Tuple[torch.Tensor, dict]:
+    """Quantize 1-D tensors as consecutive segments of ONE payload; returns ``(payload, stats)``.
+
+    A block never spans two segments (each segment's last block is short for int8, zero-padded for
+    4-bit), so a segment keeps the error bound it has alone; int8 and the casts give each segment
+    the very bytes ``quantize`` gives it alone, and the 4-bit types share one absmax code range.
+    Layout: casts ``[segment values...]``; int8 ``[codes of every segment | bfloat16 absmax of every
+    block]``; 4-bit ``[codes of every block | absmax code of every block]``. ``stats`` holds
+    ``block`` (and ``lo``, ``step`` for 4-bit); one segment is exactly the ``quantize`` payload.
+    """
+    qt = QUANTIZATION_TYPES[validate_qtype(qtype, owner="encode_segments")]
+    if qt.kind == "cast":
+        if len(flats) == 1:
+            return _cast(flats[0], qt.cast_dtype), {}
+        out = torch.empty(sum(f.numel() for f in flats), dtype=qt.cast_dtype, device=flats[0].device)
+        offset = 0
+        for f in flats:
+            out[offset:offset + f.numel()] = _cast(f, qt.cast_dtype)
+            offset += f.numel()
+        return out, {}
+    bs = int(block_size or qt.block_size)
+    if bs <= 0 or (qt.kind == "4bit" and bs % 2):
+        raise ConfigError(f"block_size for {qt.name} must be a positive (even for 4-bit) int, got {bs}")
+    if not flats or any(f.numel() == 0 for f in flats):
+        raise ValueError("cannot block-quantize an empty tensor")
+    rows = [r for f in flats for r in _block_rows(f if f.dtype == torch.float32 else f.float(), bs,
+                                                    pad_tail=qt.kind == "4bit")]
+    if qt.kind == "int8":
+        return _encode_int8(rows, sum(f.numel() for f in flats), bs), {"block": bs}
+    payload, lo, step = _encode_4bit(rows, bs, qt)
+    return payload, {"block": bs, "lo": lo, "step": step}
+
+
+def decode_segments(buf: torch.Tensor, sizes: Sequence[int], meta: dict) -> List[torch.Tensor]:
+    """Inverse of ``encode_segments``: one flat float32 (casts: 16-bit) tensor per segment size."""
+    qt = QUANTIZATION_TYPES[meta["qtype"]]
+    if qt.kind == "cast":
+        if buf.dtype != qt.cast_dtype:  # bfloat16 bits that travelled as uint16, or a pack's bytes
+            buf = buf.view(qt.cast_dtype)
+        return list(torch.split(buf, list(sizes))) if len(sizes) > 1 else [buf]
+    if qt.kind == "int8":
+        return list(torch.split(_decode_int8(buf, sizes, meta["block"]), list(sizes)))
+    return _decode_4bit(buf, sizes, meta, qt)
+
+
+def segments_nbytes(sizes: Sequence[int], meta: dict) -> int:
+    """Payload bytes ``encode_segments`` writes for segments of these sizes (``meta``: qtype and stats)."""
+    qt = QUANTIZATION_TYPES[meta["qtype"]]
+    if qt.kind == "cast":
+        return 2 * sum(sizes)
+    bs = meta["block"]
+    n_blocks = sum(-(-n // bs) for n in sizes)
+    return sum(sizes) + 2 * n_blocks if qt.kind == "int8" else n_blocks * bs // 2 + n_blocks
 
 
 def error_bound(meta: dict) -> float:
@@ -277,14 +311,13 @@ def _safe_inverse(absmax: torch.Tensor, scale: float) -> torch.Tensor:
 # --- blockwise int8 --------------------------------------------------------------------------
 
 
-def _encode_int8(flat: torch.Tensor, bs: int, qt: QuantType):
-    n = flat.numel()
-    rows = _block_rows(flat, bs, pad_tail=False)
+def _encode_int8(rows, n: int, bs: int) -> torch.Tensor:
+    device = rows[0].device
     n_blocks = sum(r.shape[0] for r in rows)
-    out = torch.empty(n + 2 * n_blocks, dtype=torch.uint8, device=flat.device)
+    out = torch.empty(n + 2 * n_blocks, dtype=torch.uint8, device=device)
     codes = out[:n].view(torch.int8)
-    scales = torch.empty(n_blocks, dtype=torch.bfloat16, device=flat.device)
-    tmp = torch.empty(min(n, max(_chunk_elems(flat.device), bs)), device=flat.device)
+    scales = torch.empty(n_blocks, dtype=torch.bfloat16, device=device)
+    tmp = torch.empty(min(n, max(_chunk_elems(device), bs)), device=device)
     # one pass: each chunk's absmax and codes while it is in cache (per-block bfloat16 statistics
     # need no tensor-wide range, unlike the 8-bit log code of the 4-bit types)
     for c, b, e in _chunks(rows, bs):
@@ -293,14 +326,17 @@ def _encode_int8(flat: torch.Tensor, bs: int, qt: QuantType):
         t = torch.mul(c, _safe_inverse(absmax_hat.float(), 127.0)[:, None], out=tmp[:c.numel()].view(c.shape))
         codes[e:e + c.numel()].view(c.shape).copy_(t.round_())  # |t| <= 127 as absmax_hat >= absmax
     out[n:] = scales.view(torch.uint8)
-    return out, None, None
+    return out
 
 
-def _decode_int8(buf: torch.Tensor, n: int, meta: dict) -> torch.Tensor:
-    bs = meta["block"]
+def _decode_int8(buf: torch.Tensor, sizes: Sequence[int], bs: int) -> torch.Tensor:
+    n = sum(sizes)
     scale = buf[n:].clone().view(torch.bfloat16).float() / 127.0  # clone: n may be odd (alignment)
     out = torch.empty(n, dtype=torch.float32, device=buf.device)
-    codes = _block_rows(buf[:n].view(torch.int8), bs, pad_tail=False)
+    codes, offset = [], 0
+    for size in sizes:  # each segment's blocks, its last one short
+        codes += _block_rows(buf[offset:offset + size].view(torch.int8), bs, pad_tail=False)
+        offset += size
     for c, b, e in _chunks(codes, bs):
         o = out[e:e + c.numel()].view(c.shape)
         o.copy_(c).mul_(scale[b:b + c.shape[0], None])
@@ -334,17 +370,17 @@ def _tables(codebook: Tuple[float, ...], device: torch.device):
     return encode.to(device), pairs.to(device)
 
 
-def _encode_4bit(flat: torch.Tensor, bs: int, qt: QuantType):
-    encode_lut, _ = _tables(qt.codebook, flat.device)
-    rows = _block_rows(flat, bs, pad_tail=True)
+def _encode_4bit(rows, bs: int, qt: QuantType):
+    device = rows[0].device
+    encode_lut, _ = _tables(qt.codebook, device)
     stat_codes, absmax_hat, lo, step = _encode_absmax(_absmax(rows, bs))
     half = _LUT_CELLS / 2
     inv = _safe_inverse(absmax_hat, half - 0.5)
     n_bytes = absmax_hat.numel() * bs // 2
-    out = torch.empty(n_bytes + absmax_hat.numel(), dtype=torch.uint8, device=flat.device)
-    size = min(absmax_hat.numel() * bs, max(_chunk_elems(flat.device), bs))
-    tmp_f = torch.empty(size, device=flat.device)
-    tmp_i = torch.empty(size, dtype=torch.int32, device=flat.device)
+    out = torch.empty(n_bytes + absmax_hat.numel(), dtype=torch.uint8, device=device)
+    size = min(absmax_hat.numel() * bs, max(_chunk_elems(device), bs))
+    tmp_f = torch.empty(size, device=device)
+    tmp_i = torch.empty(size, dtype=torch.int32, device=device)
     for c, b, e in _chunks(rows, bs):
         # lookup-table cell: floor(x / absmax * (G/2 - 1/2) + G/2) lies in [0, G-1] as |x| <= absmax,
         # with half a cell of margin for rounding, so no clamp is needed
@@ -356,10 +392,10 @@ def _encode_4bit(flat: torch.Tensor, bs: int, qt: QuantType):
     return out, lo, step
 
 
-def _decode_4bit(buf: torch.Tensor, n: int, meta: dict, qt: QuantType) -> torch.Tensor:
+def _decode_4bit(buf: torch.Tensor, sizes: Sequence[int], meta: dict, qt: QuantType) -> List[torch.Tensor]:
     bs = meta["block"]
     _, pairs = _tables(qt.codebook, buf.device)
-    n_blocks = -(-n // bs)
+    n_blocks = sum(-(-n // bs) for n in sizes)  # each segment zero-padded to whole blocks
     absmax = _decode_absmax(buf[n_blocks * bs // 2:], meta["lo"], meta["step"])
     out = torch.empty(n_blocks * bs, dtype=torch.float32, device=buf.device)
     packed = buf[: n_blocks * bs // 2].view(n_blocks, bs // 2)
@@ -367,7 +403,11 @@ def _decode_4bit(buf: torch.Tensor, n: int, meta: dict, qt: QuantType) -> torch.
         o = out[2 * e:2 * (e + c.numel())]
         torch.index_select(pairs, 0, c.reshape(-1).to(torch.int32), out=o.view(-1, 2))
         o.view(c.shape[0], bs).mul_(absmax[b:b + c.shape[0], None])
-    return out[:n]
+    segments, start = [], 0
+    for n in sizes:
+        segments.append(out[start:start + n])
+        start += -(-n // bs) * bs
+    return segments
 
 
 # --- containers ------------------------------------------------------------------------------
