@@ -184,3 +184,30 @@ def test_site_data_falls_back_to_the_synthetic_bank_and_names_missing_files(tmp_
         load_site_fin_data("site-1", str(tmp_path / "nope.jsonl"))
     with pytest.raises(ConfigError, match="data_path"):
         load_site_fin_data("bank-a")  # only site-N names have a synthetic bank
+
+
+def test_a_batch_s_shared_prefix_runs_once_with_the_full_batch_s_loss_and_gradients(monkeypatch):
+    trainer = InstructTrainer(SPEC, max_length=64, system_prompt="You are a financial analyst.")
+    examples = [Example(SENTIMENT_INSTRUCTION, text, label) for text, label in
+                [("Profit rose sharply.", "positive"), ("Sales fell by 20 percent.", "negative"),
+                 ("The meeting is on Monday.", "neutral"), ("Explain the drop.", "It was a bad quarter.")]]
+    encoded = trainer.encode(examples)
+    ids, mask, labels = next(causal.loop.batches(encoded, 4, trainer.pad_id))
+    prompt = min(e.prompt_length for e in encoded)
+    prefix = causal.batch_prefix_length(ids, mask, labels)
+    assert causal.MIN_SHARED_PREFIX <= prefix < prompt  # system turn + instruction, not the message
+    assert causal.batch_prefix_length(ids[:1], mask[:1], labels[:1]) == 0  # one row: nothing to share
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    trainer.model.train()
+    results = {}
+    for share in (False, True):
+        calls = []
+        real = trainer.model.forward
+        monkeypatch.setattr(trainer.model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape) or real(*a, **k))
+        loss = causal.AnswerLoss(trainer.model, share_prefix=share)(ids, mask, labels).loss
+        results[share] = (float(loss.detach()), torch.autograd.grad(loss, params))
+        monkeypatch.undo()
+        assert calls == ([(1, prefix), (4, ids.shape[1] - prefix)] if share else [tuple(ids.shape)])
+    assert results[True][0] == pytest.approx(results[False][0], abs=1e-6)
+    for shared, full in zip(results[True][1], results[False][1]):
+        torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-6)

@@ -9,6 +9,7 @@ _BENCHMARKS = {
     "quantize": ("flaretune.bench.quantize", "quantization filters vs NVFlare's ModelQuantizer vs a tensor copy"),
     "stream": ("flaretune.bench.stream", "ObjectStreamer model transfer vs FLARE's default tensor path (POC)"),
     "secagg": ("flaretune.bench.secagg", "secure aggregation vs plain FedAvg: bytes and wall time per round"),
+    "train-step": ("flaretune.bench.train_step", "a bank's LoRA step with and without the shared prompt prefix"),
 }
 
 
