@@ -57,3 +57,32 @@ def test_the_time_limit_also_ends_a_child_that_keeps_the_output_open(monkeypatch
     code, run_dir, log = simulate.simulate("job", tmp_path / "ws", 2, echo=lambda s: None, timeout=3)
     assert time.monotonic() - started < 30
     assert run_dir is None and "stopped after its 3 s time limit" in log.read_text()
+
+
+DIES = """
+import pathlib, sys, time
+ws = pathlib.Path(sys.argv[sys.argv.index("-w") + 1])
+runs = ws.parent / "runs"
+n = int(runs.read_text()) + 1 if runs.exists() else 1
+runs.write_text(str(n))
+if n == 1:  # a worker dies while it starts; the server would wait for that client for ever
+    print("SimulatorRunner - ERROR - Communication error with client site-2: [Errno 104] Connection reset by peer",
+          flush=True)
+    time.sleep(60)
+print("round 1/1 done", flush=True)
+print("SimulatorRunner - ERROR - Communication error with client site-1: EOF", flush=True)  # after progress: kept
+"""
+
+
+def test_a_worker_that_dies_before_the_first_round_is_run_again_but_not_one_that_dies_later(monkeypatch, tmp_path):
+    script = tmp_path / "dies.py"
+    script.write_text(DIES)
+    monkeypatch.setattr(simulate, "nvflare_command", lambda: [sys.executable, str(script)])
+    said = []
+    started = time.monotonic()
+    code, _, log = simulate.simulate("job", tmp_path / "ws", 2, echo=said.append, timeout=120)
+    assert time.monotonic() - started < 30
+    assert code == 0 and (tmp_path / "runs").read_text() == "2"
+    assert ("  a simulator worker died before the first round (Communication error with client site-2); "
+            "running again (1/2)") in said
+    assert log.read_text().count("round 1/1 done") == 1

@@ -37,6 +37,9 @@ def nvflare_command() -> List[str]:
 # share (simulator_runner.py: ``self.build_ctx["client_name"] = ...`` then ``conn.send``), so two workers can
 # start as the same client. The server then evicts one connection after the other and the run fails or hangs.
 DUPLICATE_CLIENT = "for exceeding limit 1"
+# A worker process that dies while it starts (seen once under heavy load: "Communication error with client
+# site-2: [Errno 104] Connection reset by peer") leaves the server waiting for that client for ever.
+_WORKER_DIED = re.compile(r"(Subprocess died for client [^\s:,]+|Communication error with client [^\s:,]+)")
 
 
 def simulate(
@@ -52,8 +55,9 @@ def simulate(
 ) -> Tuple[int, Optional[Path], Path]:
     """Run ``nvflare simulator JOB -w WS -n N -t T``; return ``(exit code, server run folder or None, log)``.
 
-    A run that hit the simulator's duplicate-client race (see ``DUPLICATE_CLIENT``) is stopped and run
-    again, up to ``attempts`` runs in all; the log file keeps every attempt.
+    A run that hit the simulator's duplicate-client race (see ``DUPLICATE_CLIENT``), or whose worker died
+    before any round made progress, is stopped and run again, up to ``attempts`` runs in all; the log file
+    keeps every attempt.
     """
     from flaretune.provisioning.policy import allow_in_workspace
 
@@ -69,18 +73,18 @@ def simulate(
     for attempt in range(1, attempts + 1):
         server_log = workspace / "server" / "log.txt"
         server_log.unlink(missing_ok=True)  # the simulator clears the workspace itself, but only once it starts
-        returncode, raced = _simulate_once(cmd, log_path, server_log, env, echo, timeout)
-        if not raced:
+        returncode, failed_start = _simulate_once(cmd, log_path, server_log, env, echo, timeout)
+        if not failed_start:
             break
-        echo(f"  FLARE's simulator started two workers as the same client (nvflare 2.9 race); "
-             f"{'running again' if attempt < attempts else 'giving up'} ({attempt}/{attempts})")
+        echo(f"  {failed_start}; {'running again' if attempt < attempts else 'giving up'} ({attempt}/{attempts})")
     return returncode, find_server_run_dir(workspace), log_path
 
 
-def _simulate_once(cmd: List[str], log_path: Path, server_log: Path, env, echo, timeout) -> Tuple[int, bool]:
-    """One simulator run; stops it at ``timeout`` seconds, or as soon as the server log shows the
-    duplicate-client race."""
+def _simulate_once(cmd: List[str], log_path: Path, server_log: Path, env, echo, timeout) -> Tuple[int, str]:
+    """One simulator run: ``(exit code, why it failed to start or "")``. Stops it at ``timeout`` seconds, or
+    as soon as the server log shows the duplicate-client race or a worker dies before any progress."""
     started, raced, finished = time.time(), threading.Event(), threading.Event()
+    failed_start, progressed = "", False
     with open(log_path, "a") as log:
         # its own process group: `nvflare simulator` runs the simulation in a child process, which must end
         # with it (and which would otherwise keep the output pipe open)
@@ -119,14 +123,21 @@ def _simulate_once(cmd: List[str], log_path: Path, server_log: Path, env, echo, 
                 log.write(line)
                 match = _PROGRESS.search(line)
                 if match:
+                    progressed = True
                     echo(f"  [{time.time() - started:6.1f}s] {match.group(1).strip()}")
+                died = None if progressed or failed_start else _WORKER_DIED.search(line)
+                if died:
+                    failed_start = f"a simulator worker died before the first round ({died.group(1)})"
+                    stop()
             proc.wait()
         finally:
             finished.set()
             stop()  # the simulator's own child too, after a timeout or an interrupt
             proc.wait()
             watcher.join()
-    return proc.returncode, raced.is_set()
+    if raced.is_set():
+        failed_start = "FLARE's simulator started two workers as the same client (nvflare 2.9 race)"
+    return proc.returncode, failed_start
 
 
 def run_simulator(
