@@ -1,11 +1,14 @@
 """SecureAggregationFilter on real DXOs with bare FLContexts: a whole round against ServerParty, fail closed."""
 
+import logging
+
 import numpy as np
 import pytest
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.fl_constant import FilterKey, FLContextKey, ReservedKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.fl_exception import UnsafeJobError
+from nvflare.apis.workspace import Workspace
 
 from flaretune import keys
 from flaretune.errors import ConfigError
@@ -17,17 +20,19 @@ from flaretune.ops.secagg_protocol import ServerParty
 SITES = ["site-1", "site-2", "site-3"]
 
 
-def context(site, task, job="job-1"):
+def context(site, task, job="job-1", workspace=None):
     ctx = FLContext()
     ctx.set_prop(ReservedKey.IDENTITY_NAME, site, private=False, sticky=True)
     ctx.set_prop(ReservedKey.RUN_NUM, job, private=False, sticky=True)
     ctx.set_prop(FLContextKey.TASK_NAME, task, private=True, sticky=False)
+    if workspace is not None:
+        ctx.set_prop(FLContextKey.WORKSPACE_OBJECT, workspace, private=True, sticky=True)
     return ctx
 
 
-def step(flt, site, task, request, result: DXO, job="job-1"):
+def step(flt, site, task, request, result: DXO, job="job-1", workspace=None):
     """The filter's data half on the task, then its result half on what the executor returned."""
-    ctx = context(site, task, job)
+    ctx = context(site, task, job, workspace)
     ctx.set_prop(FLContextKey.FILTER_DIRECTION, FilterKey.IN, private=True, sticky=False)
     flt.process(DXO(DataKind.METRICS, {}, meta={keys.SECAGG: request}).to_shareable(), ctx)
     ctx.set_prop(FLContextKey.FILTER_DIRECTION, FilterKey.OUT, private=True, sticky=False)
@@ -110,7 +115,97 @@ def test_dp_noise_then_masking_fails_closed_in_the_wrong_order():
 
 
 @pytest.mark.parametrize("args, message", [({"max_num_examples": 0}, "max_num_examples"),
-                                           ({"keep_metrics": "yes"}, "keep_metrics")])
+                                           ({"keep_metrics": "yes"}, "keep_metrics"),
+                                           ({"require_signed_keys": 1}, "require_signed_keys")])
 def test_bad_arguments_fail_with_one_line(args, message):
     with pytest.raises(ConfigError, match=message):
         SecureAggregationFilter(**args)
+
+
+def workspaces(tmp_path, pki, kits=SITES):
+    """A FLARE workspace per site; the sites in ``kits`` have a startup kit's identity files."""
+    out = {}
+    for site in SITES:
+        (tmp_path / site / "local").mkdir(parents=True)
+        (tmp_path / site / "startup").mkdir()
+        if site in kits:
+            pki.kit(tmp_path / site / "startup", site)
+        out[site] = Workspace(str(tmp_path / site), site)
+    return out
+
+
+def advertise_and_share(flt, job, ws, lie=None):
+    """Advertise, then share against a roster the server relays; ``lie`` may edit the roster first."""
+    server = ServerParty("r0", SITES, 2, 64)
+    adverts = {s: step(flt, s, "secagg_advertise", {"step": "advertise", "sites": SITES, "threshold": 2, "round": "r0"},
+                       empty(), job, ws[s]).meta[keys.SECAGG]["keys"] for s in SITES}
+    roster = server.collect_keys(adverts)
+    if lie:
+        roster = lie(roster)
+    return adverts, {s: step(flt, s, "secagg_share", {"step": "share", "roster": roster, "round": "r0"}, empty(), job,
+                             ws[s]) for s in SITES}
+
+
+def test_sites_with_a_startup_kit_sign_their_keys_and_check_each_other(tmp_path, throwaway_pki, caplog):
+    ws = workspaces(tmp_path, throwaway_pki)
+    with caplog.at_level(logging.INFO):
+        adverts, shared = advertise_and_share(SecureAggregationFilter(), "job-signed", ws)
+    assert all(a["job"] == "job-signed" and a["round"] == "r0" and a["cert"].startswith(b"-----BEGIN CERTIFICATE")
+               for a in adverts.values())
+    assert all(set(out.meta[keys.SECAGG]["sealed"]) == set(SITES) for out in shared.values())
+    for site in SITES:
+        assert caplog.text.count(f"{site}: verified the signed keys of site-1, site-2, site-3 for round 'r0'") == 1
+        assert caplog.text.count(f"{site}: secure-aggregation keys are signed with") == 1  # once per job
+
+
+def test_a_substituted_key_stops_the_site_it_was_sent_to_and_it_says_why(tmp_path, throwaway_pki, caplog):
+    ws = workspaces(tmp_path, throwaway_pki)
+    swapped = sa.public_bytes(sa.new_private_key())
+
+    def lie(roster):
+        return {**roster, "site-2": {**roster["site-2"], "c_pk": swapped}}
+
+    with caplog.at_level(logging.INFO), pytest.raises(sa.SecAggError) as refused:
+        advertise_and_share(SecureAggregationFilter(), "job-lie", ws, lie)
+    message = ("site-1: refusing the secure-aggregation keys of site-2: its signature does not match the relayed "
+               "public keys (altered after signing); nothing is masked or sent in round 'r0'")
+    assert str(refused.value) == message and caplog.text.count(message) == 1
+
+
+def test_without_a_kit_keys_go_unsigned_and_the_site_says_so_once(tmp_path, throwaway_pki, caplog):
+    ws = workspaces(tmp_path, throwaway_pki, kits=())
+    with caplog.at_level(logging.INFO):
+        adverts, shared = advertise_and_share(SecureAggregationFilter(), "job-sim", ws)
+    assert all(set(a) == {"c_pk", "s_pk"} for a in adverts.values())
+    assert all(out.meta[keys.SECAGG]["sealed"] for out in shared.values())
+    line = ("site-1: secure-aggregation keys are NOT signed or checked (no FLARE certificate at "
+            f"{tmp_path / 'site-1' / 'startup' / 'client.crt'}): a server that substitutes keys goes unnoticed")
+    assert caplog.text.count(line) == 1 and "verified the signed keys" not in caplog.text
+
+
+def test_required_signed_keys_without_a_kit_fail_closed(tmp_path, throwaway_pki, caplog):
+    ws, startup = workspaces(tmp_path, throwaway_pki, kits=()), tmp_path / "site-1" / "startup"
+    request = {"step": "advertise", "sites": SITES, "threshold": 2, "round": "r0"}
+    with pytest.raises(sa.SecAggError) as refused:
+        step(SecureAggregationFilter(require_signed_keys=True), "site-1", "secagg_advertise", request, empty(),
+             "job-strict", ws["site-1"])
+    message = (f"site-1: cannot sign and check secure-aggregation keys: {startup / 'client.key'}, "
+               f"{startup / 'client.crt'}, {startup / 'rootCA.pem'} missing (require_signed_keys: true); this site "
+               f"takes part in no round")
+    assert str(refused.value) == message and caplog.text.count(message) == 1
+
+
+@pytest.mark.parametrize("first", ["job", "site"])
+def test_a_job_filter_with_require_signed_keys_false_cannot_relax_the_sites_policy(tmp_path, throwaway_pki, first):
+    ws = workspaces(tmp_path, throwaway_pki)
+    job_filter, policy = SecureAggregationFilter(require_signed_keys=False), SecureAggregationFilter(
+        require_signed_keys=True)
+    order = [job_filter, policy] if first == "job" else [policy, job_filter]
+    job = f"job-relax-{first}"
+    advertise = {"step": "advertise", "sites": SITES, "threshold": 2, "round": "r0"}
+    roster = {s: step(order[0], s, "secagg_advertise", advertise, empty(), job, ws[s]).meta[keys.SECAGG]["keys"]
+              for s in SITES}
+    roster["site-2"] = {**roster["site-2"], "s_pk": sa.public_bytes(sa.new_private_key())}
+    share = {"step": "share", "roster": roster, "round": "r0"}
+    with pytest.raises(sa.SecAggError, match="refusing the secure-aggregation keys of site-2: its signature"):
+        step(order[1], "site-1", "secagg_share", share, empty(), job, ws["site-1"])

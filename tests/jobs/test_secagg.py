@@ -79,6 +79,8 @@ def test_the_server_gets_exactly_fedavg_and_sees_only_noise(tmp_path, small_hosp
     info = record["secure_aggregation"]
     assert info["u2"] == sites and info["threshold"] == 2 and info["total_weight"] == pytest.approx(total, abs=1e-6)
     assert log.count("masked its update") == 3
+    # the simulator has no startup kits: each site says once that its keys go unsigned and unchecked
+    assert log.count("secure-aggregation keys are NOT signed or checked (no FLARE certificate at") == 3
 
 
 def test_a_site_lost_after_masking_leaves_the_exact_sum_of_the_others(tmp_path, small_hospitals, tiny_clinical_job):

@@ -1,4 +1,7 @@
-"""Secure aggregation on a real POC network on loopback: jobs/clinical_ner (tiny model) via the FLARE API."""
+"""Secure aggregation on a real POC network on loopback: jobs/clinical_ner (tiny model) via the FLARE API.
+
+POC kits give every site ``client.key``, ``client.crt`` and the project's ``rootCA.pem``, so the sites sign
+their advertised keys and check each other's every round (flaretune.ops.secagg_identity)."""
 
 import json
 
@@ -33,3 +36,9 @@ def test_clinical_ner_under_secure_aggregation_in_poc(tmp_path, small_hospitals,
         assert info["u2"] == sites and info["unmasked_by"] == sites and info["total_weight"] > 0
         assert all(s["num_examples"] is None and s["upload_param_bytes"] > 0 for s in record["sites"].values())
     assert sorted(history["final"]) == sites
+    for site in sites:
+        log = (network.prod_dir / site / job_id / "log.txt").read_text()
+        assert log.count(f"{site}: secure-aggregation keys are signed with") == 1, site  # once per job
+        # each of the 2 rounds: every advertisement chained to the site's rootCA.pem, CN = name, signature good
+        assert log.count(f"{site}: verified the signed keys of site-1, site-2, site-3 for round") == 2, site
+        assert "NOT signed" not in log and "refusing the secure-aggregation keys" not in log, site

@@ -30,7 +30,7 @@ def _provision(project: Path, tmp_path: Path) -> Path:
 
 
 DP = {"path": "flaretune.filters.dp.GaussianPrivacyFilter", "args": {"noise_multiplier": 0.5, "clip_norm": 0.25}}
-SECAGG = {"path": "flaretune.filters.secagg.SecureAggregationFilter", "args": {}}
+SECAGG = {"path": "flaretune.filters.secagg.SecureAggregationFilter", "args": {"require_signed_keys": True}}
 BANKS = ["bank-north", "bank-south", "bank-east"]
 
 
@@ -181,6 +181,8 @@ def test_bank_kits_refuse_an_unmasked_update_and_run_a_secure_aggregation_job(tm
             assert "aborted" in refused, name
         log = (prod / name / job_id / "log.txt").read_text()
         assert "allowed to leave" in log and f"{name}: masked its update" in log, name
+        # the bank checked every bank's signed keys against its rootCA.pem before masking
+        assert f"{name}: verified the signed keys of {', '.join(sorted(BANKS))} for round" in log, name
         # distributed DP: the bank noised its update before masking it
         noised, masked = log.index("GaussianPrivacyFilter clipped the update"), log.index(f"{name}: masked its update")
         assert noised < masked, name

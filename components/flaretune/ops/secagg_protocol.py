@@ -3,11 +3,14 @@
 A round has four steps; messages are plain dicts (bytes, ints, strings) that FLARE carries as task meta:
 
 1. ``advertise``: every selected site makes two X25519 key pairs (``c`` encrypts shares, ``s`` derives the
-   pairwise masks) and returns the public halves. The server relays them as the *roster*, under the FLARE
-   names of the sites that sent them.
-2. ``share_keys``: each site in the roster draws a self-mask seed ``b``, Shamir-splits ``b`` and its ``s``
-   private key t-of-n among the roster, and returns each share sealed (AES-GCM) for its receiver. The sites
-   whose shares arrived are ``U1``.
+   pairwise masks) and returns the public halves; a site with a FLARE identity also signs them, bound to
+   its name, the job and the round (:mod:`flaretune.ops.secagg_identity`). The server relays the
+   advertisements unchanged as the *roster*, under the FLARE names of the sites that sent them.
+2. ``share_keys``: a site that holds the project's root CA first checks every advertisement of the roster
+   (certificate chains to the root, common name = the relayed name, this job and round, signature) and
+   refuses the round, naming the site and the reason, if one fails: it derives no key and deals nothing.
+   Then it draws a self-mask seed ``b``, Shamir-splits ``b`` and its ``s`` private key t-of-n among the
+   roster, and returns each share sealed (AES-GCM) for its receiver. The sites whose shares arrived are ``U1``.
 3. ``mask``: a site in ``U1`` adds ``PRG(b)`` and, for each other ``v`` in ``U1``, ``± PRG(s_uv)`` to its
    encoded input. The pairwise masks cancel in any sum over all of ``U1``. The sites whose masked inputs
    arrived are ``U2``; the server needs at least ``threshold`` of them.
@@ -16,9 +19,14 @@ A round has four steps; messages are plain dicts (bytes, ints, strings) that FLA
    site. With ``threshold`` answers the server rebuilds the seeds and removes every remaining mask.
 
 The server learns the sum over ``U2`` and nothing else about an input while at most ``threshold - 1``
-sites collude with it (the semi-honest model of the paper; signing the relayed keys with each site's
-FLARE certificate, against a server that lies, is not done here). A site refuses to mask twice or to
-answer ``unmask`` twice in one round, so the server cannot ask for both seeds of a site.
+sites collude with it and it follows the protocol (the semi-honest model of the paper). With signed keys
+(every site has a :class:`~flaretune.ops.secagg_identity.SiteIdentity` and a
+:class:`~flaretune.ops.secagg_identity.TrustRoot`), a server that lies about the relayed keys — its own in
+place of a site's, a site's under another name, keys from another round — is caught before any key is
+derived. Unsigned (no trust root: the FLARE simulator has no certificates), the sites take the relayed
+keys on trust. A site refuses to mask twice or to answer ``unmask`` twice in one round, so the server
+cannot ask for both seeds of a site; the paper's consistency-check round against a server that tells sites
+different survivor sets is not done.
 """
 
 import json
@@ -30,6 +38,7 @@ import numpy as np
 
 from flaretune.ops import secagg as sa
 from flaretune.ops.secagg import SecAggError
+from flaretune.ops.secagg_identity import KEY_FIELDS, SiteIdentity, TrustRoot
 
 
 def default_threshold(n_sites: int) -> int:
@@ -59,10 +68,21 @@ def _x(sites: Sequence[str], site: str) -> int:
 
 
 class ClientParty:
-    """One site's side. Its secrets stay in this object and are dropped when the round is unmasked."""
+    """One site's side. Its secrets stay in this object and are dropped when the round is unmasked.
 
-    def __init__(self, name: str):
+    Args:
+        name: the site's FLARE name.
+        job_id: the job the rounds belong to (signed advertisements are bound to it).
+        identity: sign this site's advertisements with it; None: they go unsigned.
+        trust: check every advertisement of a roster against it before deriving keys; None: take them on trust.
+    """
+
+    def __init__(self, name: str, job_id: str = "", identity: Optional[SiteIdentity] = None,
+                 trust: Optional[TrustRoot] = None):
         self.name = name
+        self.job_id = job_id
+        self.identity = identity
+        self.trust = trust
         self._rounds: Dict[str, _ClientRound] = {}
 
     def _round(self, round_id: str, step: str) -> _ClientRound:
@@ -79,7 +99,10 @@ class ClientParty:
         if state is None:
             state = _ClientRound(sorted(sites), threshold, sa.new_private_key(), sa.new_private_key())
             self._rounds[round_id] = state
-        return {"c_pk": sa.public_bytes(state.c_key), "s_pk": sa.public_bytes(state.s_key)}
+        advert = {"c_pk": sa.public_bytes(state.c_key), "s_pk": sa.public_bytes(state.s_key)}
+        if self.identity is not None:
+            advert.update(self.identity.sign(self.job_id, round_id, advert))
+        return advert
 
     def share_keys(self, round_id: str, roster: Mapping[str, Mapping[str, bytes]]) -> Dict[str, bytes]:
         state = self._round(round_id, "share_keys")
@@ -92,7 +115,12 @@ class ClientParty:
                               f"round's sites {state.sites}")
         if state.self_seed is not None:
             raise SecAggError(f"{self.name}: shares of round {round_id!r} were already dealt")
-        state.roster = {site: {k: bytes(v) for k, v in keys.items()} for site, keys in roster.items()}
+        for site in sorted(roster) if self.trust is not None else ():
+            reason = self.trust.check(site, roster[site], self.job_id, round_id)
+            if reason:
+                raise SecAggError(f"{self.name}: refusing the secure-aggregation keys of {site}: {reason}; "
+                                  f"nothing is masked or sent in round {round_id!r}")
+        state.roster = {site: {k: bytes(keys[k]) for k in KEY_FIELDS} for site, keys in roster.items()}
         state.self_seed = secrets.token_bytes(sa.SEED_BYTES)
         xs = [_x(state.sites, site) for site in sorted(roster)]
         b_shares = sa.shamir_split(state.self_seed, xs, state.threshold)
@@ -164,8 +192,9 @@ class ServerParty:
                               f"{self.threshold}: too many dropouts, the round fails")
 
     def collect_keys(self, replies: Mapping[str, Mapping[str, bytes]]) -> Dict[str, Dict[str, bytes]]:
-        self.roster = {site: {"c_pk": bytes(r["c_pk"]), "s_pk": bytes(r["s_pk"])} for site, r in sorted(replies.items())
-                       if site in self.sites}
+        """The roster: each round site's advertisement as it sent it (signature and certificate included)."""
+        self.roster = {site: {**r, "c_pk": bytes(r["c_pk"]), "s_pk": bytes(r["s_pk"])}
+                       for site, r in sorted(replies.items()) if site in self.sites}
         self._need(list(self.roster), "key advertisement", self.sites)
         return self.roster
 
