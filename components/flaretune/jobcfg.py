@@ -32,6 +32,14 @@ class JobFolder:
         self.server = self._read(SERVER_CONFIG)
         self.client = self._read(CLIENT_CONFIG)
 
+    @classmethod
+    def from_configs(cls, name: str, meta: dict, server: dict, client: dict) -> "JobFolder":
+        """A job held in memory (a recipe's configs, edited in place by the same methods); ``name`` stands
+        for its folder in messages. :meth:`write` needs a folder on disk."""
+        folder = cls.__new__(cls)
+        folder.path, folder.meta, folder.server, folder.client = Path(name), meta, server, client
+        return folder
+
     def _read(self, rel: str) -> dict:
         path = self.path / rel
         try:

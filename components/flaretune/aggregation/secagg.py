@@ -55,9 +55,11 @@ class SecAggController(FedAggController):
         dropout_wait: seconds each step waits for the remaining sites once ``t`` have answered.
     """
 
+    # *args as well as **kwargs: FLARE's job exporter looks for FedAggController's arguments only then
+    # (nvflare.fuel.utils.class_utils._retrieve_parameters), and would drop num_rounds & co. otherwise
     def __init__(self, threshold: int = 0, fraction_bits: int = 32, modulus_bits: int = 64,
-                 dropout_wait: int = 30, **kwargs):
-        super().__init__(**kwargs)
+                 dropout_wait: int = 30, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.threshold = threshold
         self.fraction_bits = fraction_bits
         self.modulus_bits = modulus_bits

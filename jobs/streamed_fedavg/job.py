@@ -1,0 +1,19 @@
+"""jobs/streamed_fedavg as a FLARE recipe (flaretune.recipes): run it in an environment, or write this job folder.
+
+    python jobs/streamed_fedavg/job.py --env sim --model-dir /abs/path/to/hf_folder --rounds 2
+    python jobs/streamed_fedavg/job.py --env poc
+    python jobs/streamed_fedavg/job.py --env prod --startup-kit KIT
+    python jobs/streamed_fedavg/job.py --export jobs/streamed_fedavg
+
+``sim`` is FLARE's SimEnv, ``poc`` a fresh POC network on this machine (PocEnv), ``prod`` a provisioned network
+reached with an admin's startup kit (ProdEnv); ``--export`` rewrites meta.json and app/config/*.json. Before a
+run the recipe lets the sites build flaretune's components (their class_allow_list): no ``flaretune
+site-policy`` step. ``--help`` lists the options.
+"""
+
+import sys
+
+from flaretune.recipes.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main("streamed_fedavg"))
