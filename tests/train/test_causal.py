@@ -2,6 +2,7 @@
 and the banks' site data."""
 
 import json
+import math
 import time
 
 import pytest
@@ -211,3 +212,47 @@ def test_a_batch_s_shared_prefix_runs_once_with_the_full_batch_s_loss_and_gradie
     assert results[True][0] == pytest.approx(results[False][0], abs=1e-6)
     for shared, full in zip(results[True][1], results[False][1]):
         torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-6)
+
+
+def test_logit_adjustment_offsets_only_the_label_words_where_the_target_is_a_label():
+    trainer = InstructTrainer(SPEC, max_length=48, system_prompt="", logit_adjustment=1.0)
+    encoded = trainer.encode(TOY[:2] + [Example("Explain.", "Sales fell.", "A longer free-form answer.")])
+    assert causal.label_log_prior(encoded, ["positive", "negative", "neutral"]) == pytest.approx(
+        [math.log(2 / 5), math.log(2 / 5), math.log(1 / 5)])  # add-one counts: 1+1, 1+1, 0+1
+    ids, mask, labels = next(causal.loop.batches(encoded, 3, trainer.pad_id))
+    words = torch.tensor([c[0] for c in trainer.candidate_ids])
+    offsets = torch.tensor([-1.0, -2.0, -3.0])
+    trainer.model.eval()
+    with torch.no_grad():
+        logits, targets = causal.answer_logits(trainer.model, ids, mask, labels)
+        expected = logits.float().clone()
+        for row, target in enumerate(targets.tolist()):
+            if target in words.tolist():  # the label positions; <|im_end|> and free-form tokens keep theirs
+                expected[row, words] += offsets
+        got = causal.AnswerLoss(trainer.model, label_adjustment=(words, offsets))(ids, mask, labels).loss
+        plain = causal.AnswerLoss(trainer.model)(ids, mask, labels).loss
+    assert int(torch.isin(targets, words).sum()) == 2
+    assert float(got) == pytest.approx(float(torch.nn.functional.cross_entropy(expected, targets)), abs=1e-6)
+    assert float(got) != pytest.approx(float(plain), abs=1e-3)
+
+
+def test_logit_adjustment_is_used_only_while_fitting_and_needs_one_token_labels():
+    trainer = InstructTrainer(SPEC, max_length=48, system_prompt="", logit_adjustment=0.5)
+    seen = []
+    real = causal.AnswerLoss.__call__
+    def spy(self, *args, **kwargs):
+        seen.append(self.label_adjustment)
+        return real(self, *args, **kwargs)
+    causal.AnswerLoss.__call__ = spy
+    try:
+        trainer.fit(trainer.encode(TOY), max_steps=1, batch_size=3)
+    finally:
+        causal.AnswerLoss.__call__ = real
+    words, offsets = seen[0]
+    assert words.tolist() == [c[0] for c in trainer.candidate_ids]
+    assert offsets.tolist() == pytest.approx([0.5 * math.log(1 / 3)] * 3)
+    assert trainer._label_adjustment is None  # evaluation and the next fit start clean
+    with pytest.raises(ConfigError, match="logit_adjustment must be >= 0"):
+        InstructTrainer(SPEC, max_length=48, logit_adjustment=-1)
+    with pytest.raises(ConfigError, match="one token each"):
+        InstructTrainer(SPEC, max_length=48, label_words=["very positive", "negative"], logit_adjustment=1)

@@ -3,6 +3,10 @@
 Banks train on ChatML instruction records (answer tokens only). Label-word answers are scored by
 label log-likelihood (``accuracy``, ``macro_f1``, ``f1_<label>``); free-form answers by mean
 answer loss and ``perplexity``. The global model of round 0 is the zero-shot base model.
+
+``logit_adjustment`` tau > 0 trains each bank with its label words' logits offset by tau * log of its own
+label shares (:class:`flaretune.train.causal.AnswerLoss`), so banks whose label mixes differ learn one
+likelihood instead of pulling the adapter towards their own majority label.
 """
 
 from typing import List, Optional
@@ -59,6 +63,7 @@ class PeftCausalLMExecutor(PeftExecutor):
         submit_model_task_name: str = "submit_model",
         tracking_writer_id: str = "tb_writer",
         base_model_dir: str = "",
+        logit_adjustment: float = 0.0,
     ):
         super().__init__(
             data_path=data_path, local_epochs=local_epochs, max_steps=max_steps, learning_rate=learning_rate,
@@ -78,6 +83,9 @@ class PeftCausalLMExecutor(PeftExecutor):
         self.synthetic_train_size = synthetic_train_size
         self.synthetic_test_size = synthetic_test_size
         self.synthetic_style = synthetic_style
+        self.logit_adjustment = logit_adjustment
+        if logit_adjustment < 0:
+            raise ConfigError(f"logit_adjustment must be >= 0 (0: off), got {logit_adjustment}")
         if eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
         if synthetic_alpha <= 0:
@@ -100,7 +108,7 @@ class PeftCausalLMExecutor(PeftExecutor):
         return InstructTrainer(
             spec, max_length=self.max_length, num_threads=self.num_threads, system_prompt=self.system_prompt,
             label_words=self.label_words or SENTIMENT_LABELS, eval_batch_size=self.eval_batch_size,
-            base_dir=base_dir,
+            base_dir=base_dir, logit_adjustment=self.logit_adjustment,
         )
 
     def flat_metrics(self, scores: dict, prefix: str = "") -> dict:

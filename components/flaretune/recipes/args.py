@@ -124,7 +124,7 @@ class InstructTraining(ComponentArgs):
 
     data_path: str = _help("", "site data ('{site_name}' expands); empty: $FLARETUNE_DATA_DIR/<site>, else synthetic")
     local_epochs: float = _help(1, "epochs per round")
-    max_steps: int = _help(4, "steps per round instead of epochs (0: epochs)")
+    max_steps: int = _help(8, "steps per round instead of epochs (0: epochs)")
     learning_rate: float = _help(0.002, "AdamW learning rate")
     batch_size: int = _help(8, "records per step")
     max_length: int = _help(96, "tokens per record")
@@ -138,6 +138,7 @@ class InstructTraining(ComponentArgs):
     synthetic_train_size: int = _help(0, "training records per synthetic bank (0: the generator's default)")
     synthetic_test_size: int = _help(30, "test records per synthetic bank")
     num_threads: int = _help(1, "torch threads (0: torch's default)")
+    logit_adjustment: float = _help(1.0, "tau: label-word logits offset by tau * log(site label share) in training (0: off)")
     extra: Dict[str, Any] = _extra()
 
 

@@ -216,11 +216,18 @@ def answer_logits(model, ids, mask, labels, share_prefix: bool = False):
 class AnswerLoss:
     """Wraps a causal LM so ``wrapper(input_ids, attention_mask, labels).loss`` is the mean answer-token
     cross-entropy (what the HF model returns too), computed from the answer positions' logits only;
-    ``share_prefix`` runs a batch's common prefix once (:func:`answer_logits`)."""
+    ``share_prefix`` runs a batch's common prefix once (:func:`answer_logits`).
 
-    def __init__(self, model, share_prefix: bool = True):
+    ``label_adjustment``: ``(token ids, offsets)`` added to those tokens' logits wherever the target is one
+    of them (logit adjustment, Menon et al., 2021; FedLC, Zhang et al., 2022). With offsets ``tau * log
+    prior`` of the site's own label shares, training fits the label likelihood instead of the site's prior,
+    so sites whose label mixes differ stop pulling the shared adapter towards their majority label.
+    """
+
+    def __init__(self, model, share_prefix: bool = True, label_adjustment=None):
         self.model = model
         self.share_prefix = share_prefix
+        self.label_adjustment = label_adjustment
 
     def __getattr__(self, name):  # train(), parameters(), ... go to the model
         return getattr(self.model, name)
@@ -229,7 +236,22 @@ class AnswerLoss:
         import torch
 
         logits, targets = answer_logits(self.model, input_ids, attention_mask, labels, self.share_prefix)
-        return SimpleNamespace(loss=torch.nn.functional.cross_entropy(logits.float(), targets))
+        logits = logits.float()
+        if self.label_adjustment is not None:
+            ids, offsets = self.label_adjustment
+            rows = torch.isin(targets, ids)
+            adjusted = logits[rows]
+            adjusted[:, ids] = adjusted[:, ids] + offsets
+            logits = logits.clone()
+            logits[rows] = adjusted
+        return SimpleNamespace(loss=torch.nn.functional.cross_entropy(logits, targets))
+
+
+def label_log_prior(encoded: Sequence[Encoded], label_words: Sequence[str], smoothing: float = 1.0) -> List[float]:
+    """Log of each label word's share among ``encoded``'s labelled records (add-``smoothing`` counts)."""
+    counts = [sum(e.label == word for e in encoded) + smoothing for word in label_words]
+    total = sum(counts)
+    return [math.log(c / total) for c in counts]
 
 
 def answer_loss(model, encoded: Sequence[Encoded], pad_id: int, batch_size: int = 8):
@@ -287,6 +309,7 @@ class InstructTrainer(LoraTrainer):
         eval_batch_size: int = 16,
         base_dir=None,
         model=None,
+        logit_adjustment: float = 0.0,
     ):
         if spec.is_token_classification:
             raise ConfigError(
@@ -303,12 +326,34 @@ class InstructTrainer(LoraTrainer):
         self.label_words = list(label_words)
         self.eval_batch_size = eval_batch_size
         self.candidate_ids = [self.tokenizer(w, add_special_tokens=False)["input_ids"] for w in self.label_words]
+        if logit_adjustment < 0:
+            raise ConfigError(f"logit_adjustment must be >= 0 (0: off), got {logit_adjustment}")
+        if logit_adjustment and any(len(ids) != 1 for ids in self.candidate_ids):
+            raise ConfigError("logit_adjustment needs label words of one token each, got "
+                              + ", ".join(f"{w!r}: {len(i)}" for w, i in zip(self.label_words, self.candidate_ids)))
+        self.logit_adjustment = logit_adjustment
+        self._label_adjustment = None
 
     def encode(self, examples: Sequence) -> List[Encoded]:
         return encode(examples, self.tokenizer, self.max_length, self.system_prompt, self.label_words)
 
     def training_module(self):
-        return AnswerLoss(self.model)
+        return AnswerLoss(self.model, label_adjustment=self._label_adjustment)
+
+    def fit(self, encoded: Sequence[Encoded], *args, **kwargs):
+        """As :meth:`ModelTrainer.fit`; with ``logit_adjustment`` tau, the label words' logits are offset by
+        tau * log of their shares in ``encoded`` (this site's training data) while it trains."""
+        self._label_adjustment = None
+        if self.logit_adjustment and any(e.label is not None for e in encoded):
+            import torch
+
+            prior = label_log_prior(encoded, self.label_words)
+            self._label_adjustment = (torch.tensor([ids[0] for ids in self.candidate_ids]),
+                                      self.logit_adjustment * torch.tensor(prior))
+        try:
+            return super().fit(encoded, *args, **kwargs)
+        finally:
+            self._label_adjustment = None
 
     def predict(self, encoded: Sequence[Encoded]) -> List[str]:
         """The best-scoring label word for each example, from its prompt alone."""
