@@ -127,3 +127,11 @@ def test_every_constructor_argument_is_kept_under_its_name(cls):
 def test_bad_arguments_fail_at_construction(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         PeftCausalLMExecutor(**bad)
+
+
+def test_logit_adjustment_is_off_under_dp_sgd_where_a_dataset_prior_would_couple_records():
+    assert executor(logit_adjustment=1.0).effective_logit_adjustment() == 1.0
+    dp = executor(logit_adjustment=1.0, train_step="dpsgd", dp_epsilon_budget=8.0)
+    assert dp.effective_logit_adjustment() == 0.0
+    with pytest.raises(ConfigError, match="logit_adjustment must be >= 0"):
+        executor(logit_adjustment=-0.5)

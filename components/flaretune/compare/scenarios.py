@@ -61,7 +61,7 @@ def _fin_trainer(spec, ex: dict, num_threads: int):
     return InstructTrainer(
         spec, max_length=int(ex.get("max_length", 96)), num_threads=num_threads,
         system_prompt=ex.get("system_prompt"), label_words=ex.get("label_words") or SENTIMENT_LABELS,
-        eval_batch_size=int(ex.get("eval_batch_size", 16)), logit_adjustment=float(ex.get("logit_adjustment", 0.0)),
+        eval_batch_size=int(ex.get("eval_batch_size", 16)), logit_adjustment=0.0 if ex.get("train_step") == "dpsgd" else float(ex.get("logit_adjustment", 0.0)),
     )
 
 

@@ -6,7 +6,8 @@ answer loss and ``perplexity``. The global model of round 0 is the zero-shot bas
 
 ``logit_adjustment`` tau > 0 trains each bank with its label words' logits offset by tau * log of its own
 label shares (:class:`flaretune.train.causal.AnswerLoss`), so banks whose label mixes differ learn one
-likelihood instead of pulling the adapter towards their own majority label.
+likelihood instead of pulling the adapter towards their own majority label. Under DP-SGD it is off (a
+whole-dataset prior would couple the records' losses).
 """
 
 from typing import List, Optional
@@ -108,8 +109,13 @@ class PeftCausalLMExecutor(PeftExecutor):
         return InstructTrainer(
             spec, max_length=self.max_length, num_threads=self.num_threads, system_prompt=self.system_prompt,
             label_words=self.label_words or SENTIMENT_LABELS, eval_batch_size=self.eval_batch_size,
-            base_dir=base_dir, logit_adjustment=self.logit_adjustment,
+            base_dir=base_dir, logit_adjustment=self.effective_logit_adjustment(),
         )
+
+    def effective_logit_adjustment(self) -> float:
+        """``logit_adjustment``, except 0 under DP-SGD: the prior is computed from every record of the site,
+        so each record's loss would depend on the others, which DP-SGD's per-example accounting excludes."""
+        return 0.0 if self.train_step == "dpsgd" else float(self.logit_adjustment)
 
     def flat_metrics(self, scores: dict, prefix: str = "") -> dict:
         return flat_causal_metrics(scores, prefix)
