@@ -10,7 +10,8 @@ messages, and how many answers each label got (a collapse shows as one label tak
 
 * Centralized: the three banks' training messages pooled; ``rounds x steps`` steps in all.
 * ``--federated``: each round every bank starts from the global adapter, trains ``--steps`` steps, and the
-  adapters are averaged weighted by example count (FedAvg without FLARE or quantization).
+  adapters are averaged weighted by example count by the job's FedAvg strategy (without FLARE or
+  quantization).
 """
 
 import argparse
@@ -40,6 +41,8 @@ def _arguments(argv=None):
 def main(argv=None) -> int:
     import torch
 
+    from flaretune.aggregation.strategy import make_strategy
+    from flaretune.aggregation.validation import aggregate_round
     from flaretune.data.finance import make_bank
     from flaretune.models.lora import PeftSpec
     from flaretune.train import loop
@@ -61,25 +64,29 @@ def main(argv=None) -> int:
     name = ("federated" if args.federated else "centralized") + f" {args.rounds}x{args.steps} lr {args.lr:g}"
     print(f"{name}: {[len(s) for s in sites]} training, {len(validation)} validation messages", flush=True)
     steps = args.steps * (1 if args.federated else 3)
-    global_adapter = {k: v.clone() for k, v in trainer.get_params().items()}
+    strategy = make_strategy("fedavg")  # the job's own strategy and result checks, as the NER recipe bench
+    global_params = {k: v.numpy() for k, v in trainer.get_params().items()}
+    names = [f"site-{index + 1}" for index in range(len(sites))]
     rows = []
     for round_index in range(args.rounds):
-        started, updates = time.time(), []
-        for site_index, records in enumerate(sites):
-            trainer.set_params(global_adapter)
+        started, results, losses = time.time(), {}, []
+        for site_index, (site, records) in enumerate(zip(names, sites)):
+            trainer.set_params(global_params)
             step = loop.BackpropStep(learning_rate=args.lr, warmup_ratio=args.warmup, schedule=args.schedule,
                                      round_index=round_index, num_rounds=args.rounds)
             result = trainer.fit(records, epochs=100, batch_size=8, seed=round_index * 10 + site_index,
                                  max_steps=steps, step=step)
-            updates.append(({k: v.clone() for k, v in trainer.get_params().items()}, len(records), result.mean_loss))
+            results[site] = ({k: v.numpy() for k, v in trainer.get_params().items()}, len(records))
+            losses.append(result.mean_loss)
         train_s = time.time() - started
-        total = sum(n for _, n, _ in updates)
-        global_adapter = {k: sum(u[k] * (n / total) for u, n, _ in updates) for k in global_adapter}
+        global_params, _, rejected = aggregate_round(strategy, global_params, results)
+        if rejected:
+            raise RuntimeError(f"round {round_index + 1}: results rejected: {rejected}")
         if (round_index + 1) % args.eval_every and round_index + 1 < args.rounds:
             continue
-        trainer.set_params(global_adapter)
+        trainer.set_params(global_params)
         scores = trainer.evaluate(validation)
-        row = {"round": round_index + 1, "losses": [round(loss, 4) for _, _, loss in updates],
+        row = {"round": round_index + 1, "losses": [round(loss, 4) for loss in losses],
                "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
                "answers": {label: v["predicted"] for label, v in scores["per_label"].items()},
                "train_s": round(train_s, 1)}
