@@ -171,17 +171,14 @@ def score_candidates(model, prompts: Sequence[List[int]], candidates: Sequence[L
 
 def batch_prefix_length(ids, mask, labels) -> int:
     """Leading columns every row of a right-padded training batch shares, ending before the position
-    that predicts any row's first answer token; 0 when that is under ``MIN_SHARED_PREFIX`` or one row."""
-    import torch
-
-    rows, width = ids.shape
-    if rows < 2:
+    that predicts any row's first answer token (:func:`shared_prefix_length` of the rows' prompts);
+    0 when that is under ``MIN_SHARED_PREFIX`` or one row."""
+    if ids.shape[0] < 2:
         return 0
     answer = labels != IGNORE_INDEX
-    first = torch.where(answer.any(1), answer.int().argmax(1), torch.full((rows,), width))
-    limit = int(first.min()) - 1  # column first-1 predicts the first answer token: it must be in the suffix
-    same = ((ids == ids[:1]) & (mask == 1)).all(0).int().cumprod(0)
-    length = min(int(same.sum()), limit)
+    # a row's prompt ends where its answer starts (a row without one: at its padding)
+    ends = [int(a.int().argmax()) if bool(a.any()) else int(m.sum()) for a, m in zip(answer, mask)]
+    length = shared_prefix_length([row[:end] for row, end in zip(ids.tolist(), ends)])
     return length if length >= MIN_SHARED_PREFIX else 0
 
 
