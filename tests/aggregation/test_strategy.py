@@ -183,7 +183,7 @@ def test_state_dict_meta_says_what_wrote_it():
     meta, arrays = flatten_state(make_strategy("fedyogi", tau=0.5).state_dict())
     assert json.loads(json.dumps(meta)) == {
         "name": "fedyogi", "step": 0, "config": {"server_lr": 1.0, "beta1": 0.9, "beta2": 0.99, "tau": 0.5},
-        "moments": {},
+        "moments": {}, "num_examples": {},
     }
     assert arrays == {}
 

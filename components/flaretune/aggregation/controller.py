@@ -30,6 +30,7 @@ from flaretune.aggregation.persistor import GLOBAL_MODEL_DIR, round_file
 from flaretune.aggregation.rounds import (
     HISTORY_FILE, MemoryStore, RoundDriver, RoundSettings, SiteResult, run_rounds, summary, write_history,
 )
+from flaretune.aggregation.sampling import ClientSampling
 from flaretune.aggregation.strategy import make_strategy, strategy_kwargs
 from flaretune.aggregation.validation import ValidationPolicy
 from flaretune.errors import SITE_ERROR_HEADER, ConfigError, FlaretuneError
@@ -62,6 +63,9 @@ class FedAggController(ModelController, RoundDriver):
         norm_outlier_factor: float = 10.0,
         seed: int = 0,
         resume_from: str = "",
+        sample_fraction: float = 1.0,
+        sample_count: Optional[int] = None,
+        sampling: str = "uniform",
     ):
         """
         Args:
@@ -77,6 +81,9 @@ class FedAggController(ModelController, RoundDriver):
             seed: seed of the client-sampling RNG (checkpointed with the rest).
             resume_from: a ``checkpoint`` folder of an earlier run of this job (absolute, or relative to the
                 server's workspace root); the job continues after its last completed round.
+            sample_fraction / sample_count / sampling: which of the sites connected at a round train it
+                (flaretune.aggregation.sampling): a fraction in (0, 1] or a count >= 1 of them, never fewer than
+                min_clients, drawn ``uniform`` or ``weighted`` by data size from the seeded RNG.
         """
         # a site's error is one missing result: the round loop decides against min_clients, not FLARE
         super().__init__(persistor_id=persistor_id, ignore_result_error=True)
@@ -97,6 +104,9 @@ class FedAggController(ModelController, RoundDriver):
         self.norm_outlier_factor = norm_outlier_factor
         self.seed = seed
         self.resume_from = resume_from
+        self.sample_fraction = sample_fraction
+        self.sample_count = sample_count
+        self.sampling = sampling
         if num_rounds < 1:
             raise ConfigError(f"num_rounds must be >= 1, got {num_rounds}")
         if isinstance(min_clients, bool) or not isinstance(min_clients, int) or min_clients < 0:
@@ -110,6 +120,7 @@ class FedAggController(ModelController, RoundDriver):
         self._strategy = make_strategy(
             aggregator,
             policy=ValidationPolicy(max_num_examples=max_num_examples, norm_outlier_factor=norm_outlier_factor),
+            sampling=ClientSampling(sample_fraction, sample_count, sampling, min_clients),
             **strategy_kwargs(aggregator, server_lr=server_lr, beta1=beta1, beta2=beta2, tau=tau, fedprox_mu=fedprox_mu),
         )
         self._store = MemoryStore()
@@ -125,7 +136,8 @@ class FedAggController(ModelController, RoundDriver):
 
     # -- RoundDriver ------------------------------------------------------------------------------
     def available_clients(self) -> List[str]:
-        return sorted(c.name for c in self.engine.get_clients())
+        """The job's sites that are connected now (one that left is not selected again until it is back)."""
+        return sorted(c.name for c in self.engine.get_clients() if not self.get_client_disconnect_time(c.name))
 
     def train(self, round_number, sites, global_model, meta) -> Dict[str, SiteResult]:
         task_model = FLModel(
@@ -165,6 +177,11 @@ class FedAggController(ModelController, RoundDriver):
                 return
             now = time.monotonic()
             dead = [s for s in silent if self.get_client_disconnect_time(s)]
+            if len(dead) == len(silent) and received >= needed:  # those left have gone: no one to wait for
+                self.warn(f"round {round_number + 1}/{n}: {', '.join(dead)} disconnected; the round completes "
+                          f"with {received} of {len(sites)} sites")
+                self._missing = {s: "disconnected during the round" for s in dead}
+                return
             if now >= deadline and received >= needed:
                 self.warn(f"round {round_number + 1}/{n}: deadline of {self.train_timeout:g}s passed; the round "
                           f"completes with {received} of {len(sites)} sites; no result from {', '.join(silent)} "

@@ -11,6 +11,7 @@ model, the strategy's state, the sampling RNG and the history, so a job started 
 ``history.json`` (one schema for every workflow)::
 
     {"strategy": "fedadam", "rounds": [{"round": 0, "seconds": 12.3, "global_model": "...",
+      "selected": ["site-1", "site-3"],
       "sites": {"site-1": {"num_examples": 300, "metrics": {...}, "upload_param_bytes": 163764}},
       "rejected": {"site-3": "tensor 'x' has 1 non-finite value(s) (NaN or Inf)"}, "missing": [],
       "late": [{"site": "site-2", "round": 0, "task": "train"}]}],
@@ -149,6 +150,12 @@ class RoundSettings:
     seed: int = 0  # the sampling RNG's seed
 
 
+def _too_few(available: List[str], selected: List[str]) -> str:
+    if len(selected) < len(available) or not available:
+        return "no site answered" if available else "no site connected"
+    return f"only {len(available)} site(s) connected: {', '.join(available)}"
+
+
 def summary(sites: Mapping[str, Mapping], keys=_SUMMARY_KEYS) -> str:
     """``site-1 f1 0.912, site-2 f1 0.874``: each site's headline score on its own test split."""
     parts = []
@@ -212,8 +219,11 @@ def run_rounds(
             driver.info(f"abort requested: stopping before round {r + 1}/{n}")
             return None, history
         started = time.time()
-        selected, meta = strategy.configure_round(r, driver.available_clients(), rng)
-        driver.info(f"round {r + 1}/{n}: sending the global model to {len(selected)} site(s)")
+        available = driver.available_clients()  # read every round: sites join and leave between rounds
+        selected, meta = strategy.configure_round(r, available, rng)
+        driver.info(f"round {r + 1}/{n}: sending the global model to {len(selected)} site(s)"
+                    + ("" if len(selected) == len(available) else
+                       f" of {len(available)} available: {', '.join(selected)}"))
         results = driver.train(r, selected, global_model, meta)
         if driver.aborted():
             return None, history
@@ -226,17 +236,19 @@ def run_rounds(
             problems = ([f"{site}: {reason}" for site, reason in rejected.items()]
                         + [f"{s}: {driver.missing_reason(s)}" for s in missing])
             message = (f"round {r + 1}/{n}: {len(accepted)} result(s) accepted, {needed} needed "
-                       f"(min_clients); {'; '.join(problems) or 'no site answered'}")
+                       f"(min_clients); {'; '.join(problems) or _too_few(available, selected)}")
             history["error"] = message
             write_history(history_path, history)
             driver.fail(message)
             return None, history
         global_model = new_model
+        strategy.observe({site: results[site].num_examples for site in accepted})
         location = driver.publish(global_model, r, final=r == n - 1)
         record = {
             "round": r,
             "seconds": round(time.time() - started, 2),
             "global_model": location,
+            "selected": list(selected),
             "sites": {site: results[site].record() for site in accepted},
             "rejected": rejected,
             "missing": missing,

@@ -26,6 +26,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 
 import numpy as np
 
+from flaretune.aggregation.sampling import ClientSampling
 from flaretune.aggregation.state import ARRAY_REF, flatten_state, unflatten_state  # noqa: F401 (re-exported)
 from flaretune.aggregation.validation import ValidationPolicy, check_result, norm_outliers
 from flaretune.errors import ConfigError
@@ -67,12 +68,19 @@ class Strategy(ABC):
     def __init__(self, policy: Optional[ValidationPolicy] = None):
         self.policy = policy or ValidationPolicy()
         self.step = 0  # completed aggregations
+        self.sampling = ClientSampling()  # every site; a controller sets its job's (see make_strategy)
+        self.num_examples: Dict[str, float] = {}  # each site's last accepted example count (weighted sampling)
 
     def configure_round(
         self, round_number: int, clients: Sequence[str], rng: np.random.Generator
     ) -> Tuple[List[str], dict]:
-        """The sites that train this round, in the order given, and the task meta they receive."""
-        return list(clients), {}
+        """The sites that train this round (drawn by :attr:`sampling` from ``rng``, in the order given), and the
+        task meta they receive."""
+        return self.sampling.select(clients, rng, self.num_examples), {}
+
+    def observe(self, num_examples: Mapping[str, float]) -> None:
+        """Remember the example counts of the results just accepted (``weighted`` sampling draws by them)."""
+        self.num_examples.update({site: float(n) for site, n in num_examples.items()})
 
     def validate(self, global_params: Params, params: Params, num_examples) -> Optional[str]:
         """A one-line reason to reject one result, or None (see :mod:`~flaretune.aggregation.validation`)."""
@@ -109,7 +117,8 @@ class Strategy(ABC):
 
     def state_dict(self) -> dict:
         """JSON-able metadata plus numpy arrays (copies): everything the next step depends on."""
-        return {"name": self.name, "step": self.step, "config": self.config(), "moments": {}}
+        return {"name": self.name, "step": self.step, "config": self.config(), "moments": {},
+                "num_examples": dict(self.num_examples)}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore :meth:`state_dict`'s output. The constructor arguments stay those of this job."""
@@ -119,6 +128,7 @@ class Strategy(ABC):
                 f"{self.name!r}; resume with the same aggregator or start without resume_from"
             )
         self.step = int(state["step"])
+        self.num_examples = {site: float(n) for site, n in state.get("num_examples", {}).items()}
 
 
 class FedAvg(Strategy):
@@ -307,8 +317,10 @@ def _lookup(name: str) -> Type[Strategy]:
     return _STRATEGIES[name]
 
 
-def make_strategy(name: str, policy: Optional[ValidationPolicy] = None, **kwargs) -> Strategy:
-    """Build a registered strategy; unknown names and arguments fail with one line saying what is valid."""
+def make_strategy(name: str, policy: Optional[ValidationPolicy] = None, sampling: Optional[ClientSampling] = None,
+                  **kwargs) -> Strategy:
+    """Build a registered strategy; unknown names and arguments fail with one line saying what is valid.
+    ``sampling`` says which of the available sites each round selects (default: all)."""
     cls = _lookup(name)
     valid = accepted_kwargs(cls)
     unknown = sorted(set(kwargs) - set(valid))
@@ -317,7 +329,10 @@ def make_strategy(name: str, policy: Optional[ValidationPolicy] = None, **kwargs
             f"aggregator {name!r} takes no argument {', '.join(map(repr, unknown))}; "
             f"valid: {', '.join(valid) or 'none'}"
         )
-    return cls(**kwargs, policy=policy)
+    strategy = cls(**kwargs, policy=policy)
+    if sampling is not None:
+        strategy.sampling = sampling
+    return strategy
 
 
 def strategy_kwargs(name: str, **candidates) -> dict:
