@@ -37,3 +37,23 @@ def test_a_command_line_mistake_is_one_line_and_exit_2(argv, line, capsys, tmp_p
     assert info.value.code == 2
     assert (out, err) == ("", f"{line} (see {line.split(': ')[0]} --help)\n")
     assert list(tmp_path.iterdir()) == []  # nothing was prepared
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
+    """``flaretune data check FILE | head``: the reader closes the pipe first; the command stops with
+    SIGPIPE's status and no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "train.conll"
+    data.write_text("Aspirin B-Chemical\ncaused O\nnausea B-Disease\n\n", encoding="utf-8")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes a byte
+    try:
+        done = subprocess.run([sys.executable, "-m", "flaretune.cli", "data", "check", str(data)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == 141

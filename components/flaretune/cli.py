@@ -6,6 +6,7 @@ so ``flaretune data check`` does not pay for torch.
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -84,6 +85,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         # DataFormatError already reads "path:line: what is wrong"
         print(str(err) if isinstance(err, DataFormatError) else f"flaretune: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`flaretune data check … | head`): stop quietly, as a Unix tool does; stdout
+        # goes to /dev/null so the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt as err:
         signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
         print(f"flaretune: stopped by {signal.Signals(signum).name}; the FLARE processes it started are ended",
