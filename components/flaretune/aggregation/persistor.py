@@ -40,9 +40,15 @@ class PeftAdapterPersistor(ModelPersistor):
         seed: int = 0,
         output_dir: str = "",
         task: Optional[dict] = None,
+        method: str = "lora",
+        layers=None,
+        method_args: Optional[dict] = None,
     ):
         """``task``: how the final model is prompted and scored (e.g. ``system_prompt``, ``label_words``,
-        ``max_length``), written into the adapter folder for ``flaretune predict`` / ``chat``."""
+        ``max_length``), written into the adapter folder for ``flaretune predict`` / ``chat``.
+
+        ``method``, ``layers``, ``method_args``: the job's client method (:mod:`flaretune.train.methods`); it
+        decides which tensors form the global model, and travels to the sites in the spec."""
         super().__init__()
         self.model_name = model_name
         self.labels = labels
@@ -53,6 +59,9 @@ class PeftAdapterPersistor(ModelPersistor):
         self.seed = seed
         self.output_dir = output_dir
         self.task = task
+        self.method = method
+        self.layers = layers
+        self.method_args = method_args
         self.spec = PeftSpec(
             model_name=model_name,
             labels=labels,
@@ -61,6 +70,9 @@ class PeftAdapterPersistor(ModelPersistor):
             lora_dropout=lora_dropout,
             target_modules=target_modules or ["query", "value"],
             seed=seed,
+            method=method,
+            layers=layers,
+            method_args=method_args,
         )
 
     def _folder(self, fl_ctx: FLContext) -> Path:
@@ -73,10 +85,11 @@ class PeftAdapterPersistor(ModelPersistor):
         return folder
 
     def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
-        from flaretune.models.lora import adapter_state
+        from flaretune.train.methods import server_method
 
-        model = self.spec.build()
-        weights = {k: v.numpy() for k, v in adapter_state(model).items()}
+        method = server_method(self.spec)
+        model = method.build()
+        weights = {k: v.numpy() for k, v in method.get_params(model).items()}
         n_trainable = sum(v.size for v in weights.values())
         n_total = sum(p.numel() for p in model.parameters())
         self.log_info(

@@ -29,7 +29,9 @@ from flaretune.data.site import DATA_DIR_ENV
 from flaretune.errors import SITE_ERROR_HEADER, ConfigError, FlaretuneError
 from flaretune.models.lora import PeftSpec
 from flaretune.paths import resolve_site_dir
-from flaretune.train.flow import LocalTraining, headline, local_round, round_line
+from flaretune.train.flow import LocalTraining, headline, local_round, peak_rss_mb, round_line
+
+PEAK_RSS_MB = "peak_rss_mb"  # result metric: the site process's peak resident memory so far, MiB
 
 
 class PeftExecutor(Executor):
@@ -38,6 +40,10 @@ class PeftExecutor(Executor):
     ``base_model_dir`` (optional): start from a model folder at the site instead of the named package
     model — relative to the site's workspace root, ``{site_name}`` replaced — e.g. ``models/base``, where a
     ``model_push`` workflow that runs before training delivers it.
+
+    ``method`` (optional): this site's client method instead of the job's (the spec's ``method``), e.g. a
+    forward-only or 4-bit method at a site with little memory; it must exchange the same tensors as the job's
+    (:func:`flaretune.train.methods.site_spec`). Empty: the job's method.
     """
 
     headlines = ("f1",)
@@ -65,10 +71,12 @@ class PeftExecutor(Executor):
         submit_model_task_name: str = "submit_model",
         tracking_writer_id: str = "tb_writer",
         base_model_dir: str = "",
+        method: str = "",
     ):
         super().__init__()
         # FLARE's job exporter reads each constructor argument back from self.<name>
         self.base_model_dir = base_model_dir
+        self.method = method
         self.data_path = data_path
         self.local_epochs = local_epochs
         self.max_steps = max_steps
@@ -94,6 +102,10 @@ class PeftExecutor(Executor):
             warmup_ratio=warmup_ratio, schedule=lr_schedule, train_step=train_step,
             step_args=dict(train_step_args or {}),
         )
+        if method:
+            from flaretune.train.methods import validate_method
+
+            validate_method(method)
         if train_step == "dpsgd" and not dp_epsilon_budget > 0:
             raise ConfigError("train_step 'dpsgd' needs dp_epsilon_budget > 0 (the site's total epsilon at dp_delta)")
         self._dp = None
@@ -119,6 +131,10 @@ class PeftExecutor(Executor):
     # -- set-up ---------------------------------------------------------------------------------
     def _prepare(self, spec_dict: dict, fl_ctx: FLContext) -> None:
         spec = PeftSpec.from_dict(spec_dict)
+        if self.method and self.method != spec.method:
+            from flaretune.train.methods import site_spec
+
+            spec = site_spec(spec, self.method)
         if self._trainer is not None and self._trainer.spec == spec:
             return
         site = fl_ctx.get_identity_name()
@@ -201,7 +217,8 @@ class PeftExecutor(Executor):
         local = {k: v.numpy() for k, v in self._trainer.get_params().items()}
         self._local_params = local
         metrics = {**self.flat_metrics(outcome.before, prefix="global_"),
-                   **self.flat_metrics(outcome.after, prefix="local_"), "train_loss": outcome.result.mean_loss}
+                   **self.flat_metrics(outcome.after, prefix="local_"), "train_loss": outcome.result.mean_loss,
+                   PEAK_RSS_MB: peak_rss_mb()}
         if self._dp:
             metrics["dp_epsilon"] = self._dp.spend(outcome.result.steps)
             self.log_info(fl_ctx, f"{fl_ctx.get_identity_name()} round {round_number}: DP-SGD epsilon spent "

@@ -64,6 +64,7 @@ class PeftCausalLMExecutor(PeftExecutor):
         submit_model_task_name: str = "submit_model",
         tracking_writer_id: str = "tb_writer",
         base_model_dir: str = "",
+        method: str = "",
         logit_adjustment: float = 0.0,
     ):
         super().__init__(
@@ -74,7 +75,7 @@ class PeftCausalLMExecutor(PeftExecutor):
             dp_accountant=dp_accountant,
             train_task_name=train_task_name, validate_task_name=validate_task_name,
             submit_model_task_name=submit_model_task_name, tracking_writer_id=tracking_writer_id,
-            base_model_dir=base_model_dir,
+            base_model_dir=base_model_dir, method=method,
         )
         self.system_prompt = system_prompt
         self.label_words = label_words

@@ -48,6 +48,7 @@ class PeftTrainExecutor(PeftExecutor):
         submit_model_task_name: str = "submit_model",
         tracking_writer_id: str = "tb_writer",
         base_model_dir: str = "",
+        method: str = "",
     ):
         super().__init__(
             data_path=data_path, local_epochs=local_epochs, max_steps=max_steps, learning_rate=learning_rate,
@@ -57,7 +58,7 @@ class PeftTrainExecutor(PeftExecutor):
             dp_accountant=dp_accountant,
             train_task_name=train_task_name, validate_task_name=validate_task_name,
             submit_model_task_name=submit_model_task_name, tracking_writer_id=tracking_writer_id,
-            base_model_dir=base_model_dir,
+            base_model_dir=base_model_dir, method=method,
         )
         self.synthetic_sites = synthetic_sites
         self.synthetic_skew = synthetic_skew

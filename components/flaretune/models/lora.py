@@ -9,7 +9,7 @@ their names are exactly those of ``adapter_model.safetensors``.
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 from flaretune.errors import ConfigError
 from flaretune.models.base import CAUSAL_LM_MODELS, TOKEN_CLASSIFICATION_MODELS, load_base_model, validate_model_name
@@ -28,9 +28,18 @@ class PeftSpec:
     lora_dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA input"})
     target_modules: List[str] = field(default_factory=lambda: ["query", "value"], metadata={"help": "module names"})
     seed: int = field(default=0, metadata={"help": "seed of the initial adapter and head"})
+    method: str = field(default="lora", metadata={"help": "client method (flaretune.train.methods): lora, full, ..."})
+    layers: Optional[Union[str, List[int]]] = field(
+        default=None, metadata={"help": "layers that train: '0,2', 'top2', 'every_other' (None: all)"})
+    method_args: Optional[Dict[str, object]] = field(default=None, metadata={"help": "the method's own options"})
 
     def __post_init__(self):
+        from flaretune.train.methods import validate_method
+
         validate_model_name(self.model_name)
+        validate_method(self.method)
+        if self.method_args is not None and not isinstance(self.method_args, dict):
+            raise ConfigError(f"method_args must be a dict of the method's options, got {self.method_args!r}")
         if self.lora_r < 1:
             raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -51,7 +60,8 @@ class PeftSpec:
     def from_dict(cls, data: dict) -> "PeftSpec":
         return cls(**data)
 
-    def lora_config(self):
+    def lora_config(self, layers_to_transform: Optional[List[int]] = None):
+        """PEFT's config; ``layers_to_transform``: adapters on those transformer layers only."""
         from peft import LoraConfig, TaskType
 
         task_type = TaskType.TOKEN_CLS if self.is_token_classification else TaskType.CAUSAL_LM
@@ -61,17 +71,18 @@ class PeftSpec:
             lora_alpha=self.lora_alpha,
             lora_dropout=self.lora_dropout,
             target_modules=list(self.target_modules),
+            layers_to_transform=layers_to_transform,
         )
 
     def build(self, model_dir=None):
-        """A fresh PEFT model: frozen base, LoRA adapters and (token classification) a trainable head.
+        """A fresh model of the spec's method (:mod:`flaretune.train.methods`); for ``lora``: frozen base, LoRA
+        adapters and (token classification) a trainable head.
 
         ``model_dir``: load the base from this Hugging Face folder (same family as ``model_name``).
         """
-        from peft import get_peft_model
+        from flaretune.train.methods import method_for
 
-        base = load_base_model(self.model_name, labels=self.labels, seed=self.seed, model_dir=model_dir)
-        return get_peft_model(base, self.lora_config())
+        return method_for(self).build(model_dir)
 
 
 def adapter_state(model) -> Dict[str, "object"]:
@@ -115,8 +126,11 @@ def save_adapter_folder(spec: PeftSpec, params: Dict[str, "object"], out_dir, mo
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = model if model is not None else spec.build()
-    load_adapter_state(model, params)
+    from flaretune.train.methods import method_for
+
+    method = method_for(spec)
+    model = model if model is not None else method.build()
+    method.set_params(model, params)
     model.save_pretrained(str(out), safe_serialization=True)
     load_tokenizer(spec.model_name).save_pretrained(str(out))
     meta = {"flaretune_spec": spec.to_dict()}

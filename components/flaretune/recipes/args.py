@@ -78,6 +78,8 @@ class NerAdapter(ComponentArgs):
     lora_dropout: float = _help(0.1, "LoRA dropout")
     target_modules: List[str] = _listed(lambda: ["query", "value"], "modules that get LoRA")
     seed: int = _help(0, "seed of the initial adapter")
+    method: str = _help("lora", "client method (flaretune.train.methods): lora, full, layer_skip, ffa_lora, ...")
+    layers: Optional[Any] = _help(None, "layers that train: '0,2', 'top2', 'every_other' (None: all)")
     extra: Dict[str, Any] = _extra()
 
 
@@ -93,6 +95,8 @@ class InstructAdapter(ComponentArgs):
     lora_dropout: float = _help(0.05, "LoRA dropout")
     target_modules: List[str] = _listed(lambda: ["q_proj", "v_proj"], "modules that get LoRA")
     seed: int = _help(0, "seed of the initial adapter")
+    method: str = _help("lora", "client method (flaretune.train.methods): lora, full, layer_skip, ffa_lora, ...")
+    layers: Optional[Any] = _help(None, "layers that train: '0,2', 'top2', 'every_other' (None: all)")
     task: Optional[Dict[str, Any]] = _help(None, "system_prompt, label_words, max_length written with the adapter")
     extra: Dict[str, Any] = _extra()
 
@@ -115,6 +119,7 @@ class NerTraining(ComponentArgs):
     num_threads: int = _help(0, "torch threads (0: torch's default)")
     synthetic_sites: int = _help(3, "synthetic hospitals generated when a site has no data")
     synthetic_skew: float = _help(0.8, "specialty skew of the synthetic hospitals")
+    method: str = _help("", "this site's client method instead of the job's (same exchange); empty: the job's")
     extra: Dict[str, Any] = _extra()
 
 
@@ -139,6 +144,7 @@ class InstructTraining(ComponentArgs):
     synthetic_test_size: int = _help(30, "test records per synthetic bank")
     num_threads: int = _help(1, "torch threads (0: torch's default)")
     logit_adjustment: float = _help(1.0, "tau: label-word logits offset by tau * log(site label share) in training (0: off)")
+    method: str = _help("", "this site's client method instead of the job's (same exchange); empty: the job's")
     extra: Dict[str, Any] = _extra()
 
 

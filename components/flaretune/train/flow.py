@@ -82,6 +82,15 @@ def local_round(
     return RoundOutcome(before, after, result, time.time() - started)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
 def headline(scores: Dict[str, object], names: Sequence[str]):
     """``(name, value)`` of the first of ``names`` present in ``scores`` (NaN if none)."""
     name = next((n for n in names if isinstance(scores.get(n), (int, float))), names[0])

@@ -6,7 +6,7 @@ every weight (``FullNerTrainer``). All of them satisfy :class:`flaretune.train.p
 
 from typing import Callable, Dict, Optional, Sequence
 
-from flaretune.models.lora import PeftSpec, adapter_state, load_adapter_state
+from flaretune.models.lora import PeftSpec
 from flaretune.train import loop
 
 
@@ -31,6 +31,10 @@ class ModelTrainer:
     def trainable_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
+    def method_step(self, step: loop.TrainStep) -> loop.TrainStep:
+        """The step :meth:`fit` trains with, given the job's; a client method may replace it."""
+        return step
+
     def fit(
         self,
         encoded: Sequence,
@@ -49,6 +53,7 @@ class ModelTrainer:
         if step is None:
             step = loop.step_for(loop.BackpropStep.name, fedprox_mu, learning_rate=learning_rate,
                                  warmup_ratio=warmup_ratio, schedule=schedule)
+        step = self.method_step(step)
         return loop.run(
             self.training_module(), encoded, self.pad_id, step, epochs=epochs, batch_size=batch_size, seed=seed,
             max_steps=max_steps, should_stop=should_stop, on_step=on_step,
@@ -56,21 +61,28 @@ class ModelTrainer:
 
 
 class LoraTrainer(ModelTrainer):
-    """A PEFT model built from the job's :class:`PeftSpec`; only the adapter (and head) tensors travel."""
+    """A model built by the job's client method (:mod:`flaretune.train.methods`, ``spec.method``; default
+    ``lora``: a PEFT model whose adapter and head tensors alone travel). The method decides what trains, what
+    travels and may replace the train step."""
 
     def __init__(self, spec: PeftSpec, num_threads: int = 0, base_dir=None, model=None):
-        """``model``: an already built PEFT model of ``spec`` (e.g. ``PeftModel.from_pretrained``), else built here."""
+        """``model``: an already built model of ``spec`` (e.g. ``PeftModel.from_pretrained``), else built here."""
         from flaretune.models.base import load_tokenizer
+        from flaretune.train.methods import method_for
 
         set_threads(num_threads)
         self.spec = spec
+        self.method = method_for(spec)
         self.base_dir = base_dir  # a pushed model folder to start from, else the named package model
-        self.model = model if model is not None else spec.build(base_dir)
+        self.model = model if model is not None else self.method.build(base_dir)
         self.tokenizer = load_tokenizer(spec.model_name, base_dir)
         self.pad_id = self.tokenizer.pad_token_id or 0
 
     def get_params(self) -> Dict[str, "object"]:
-        return adapter_state(self.model)
+        return self.method.get_params(self.model)
 
     def set_params(self, params: Dict[str, "object"]) -> None:
-        load_adapter_state(self.model, params)
+        self.method.set_params(self.model, params)
+
+    def method_step(self, step: loop.TrainStep) -> loop.TrainStep:
+        return self.method.step(step)
