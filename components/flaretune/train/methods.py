@@ -15,6 +15,10 @@ sets it. Built in:
   which every site and the server draw from the job's ``seed`` (not the site's), and only B (and the head)
   trains and travels. With A shared and fixed, the mean of the sites' B times A is exactly the mean of their
   products B·A, and the adapter upload halves.
+* ``forward_only`` (:mod:`flaretune.train.forward_only`): LoRA trained from perturbed forward passes only
+  (FwdLLM, arXiv:2308.13894), no backward pass; exchanges plain LoRA.
+* ``qlora`` (:mod:`flaretune.models.qlora`): LoRA on an NF4, double-quantized frozen base (arXiv:2305.14314);
+  exchanges plain LoRA.
 
 Contract for a new method (``register_method("name", factory)``):
 
@@ -232,3 +236,6 @@ def server_method(spec) -> ClientMethod:
 
 for _cls in (LoraMethod, FullMethod, LayerSkipMethod, FfaLoraMethod):
     register_method(_cls.name, _cls)
+# methods in their own modules, imported when first made (bitsandbytes stays out of a plain LoRA job)
+register_method("forward_only", "flaretune.train.forward_only:ForwardOnlyMethod")  # FwdLLM, arXiv:2308.13894
+register_method("qlora", "flaretune.models.qlora:QloraMethod")  # QLoRA, arXiv:2305.14314
