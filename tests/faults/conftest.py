@@ -1,5 +1,6 @@
 """What the simulator fault tests share: a clinical_ner job on the tiny model whose sites run a test-only
-executor from ``sites/faultsim.py``, and one simulator run of it with that module allowed and importable."""
+executor from ``sites/faultsim.py`` (or a ``model_push`` whose server runs ``sites/faultstream.py``'s corrupting
+controller), and one simulator run of it with those modules allowed and importable."""
 
 import json
 import os
@@ -33,7 +34,7 @@ def simulate_faults(job: Path, tmp_path: Path, timeout: float, n_sites: int = 3)
     from flaretune.provisioning.policy import ALLOW_PREFIX, allow_in_workspace
     from flaretune.simulate import simulate
 
-    allow_in_workspace(tmp_path / "ws", prefixes=(ALLOW_PREFIX, "faultsim."))
+    allow_in_workspace(tmp_path / "ws", prefixes=(ALLOW_PREFIX, "faultsim.", "faultstream."))
     pythonpath = os.pathsep.join(filter(None, [str(SITES_DIR), os.environ.get("PYTHONPATH")]))
     started = time.monotonic()
     returncode, run_dir, log = simulate(job, tmp_path / "ws", n_sites, log_file=tmp_path / "sim.log",

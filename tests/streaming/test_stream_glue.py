@@ -11,7 +11,7 @@ from flaretune.streaming.consumer import ModelConsumerFactory
 from flaretune.streaming.controller import ModelPushController
 from flaretune.streaming.producer import ModelChunkProducer, _DoneProducer
 from flaretune.streaming.receiver import ModelPushReceiver
-from flaretune.streaming.schedule import ChunkScheduler, corrupter
+from flaretune.streaming.schedule import ChunkScheduler
 
 
 @pytest.fixture
@@ -21,6 +21,13 @@ def model(tmp_path):
     (src / "model-00001.safetensors").write_bytes(bytes((i * 13) % 251 for i in range(20_000)))
     (src / "config.json").write_bytes(b"{}")
     return src
+
+
+def flip_chunk(index: int, times: int):
+    """A fault_fn that flips one byte in the first ``times`` sends of chunk ``index``."""
+    def fault(name, chunk, attempt, data):
+        return bytes(b ^ 0xFF if i == 0 else b for i, b in enumerate(data)) if chunk == index and attempt <= times else data
+    return fault
 
 
 def _push(model, dest, fault_fn=None, max_retries=2):
@@ -51,7 +58,7 @@ def _push(model, dest, fault_fn=None, max_retries=2):
 
 
 def test_push_in_slices_with_a_corrupt_chunk_resent(model, tmp_path):
-    scheduler, result, messages = _push(model, tmp_path / "dest", corrupter([{"chunk": 2, "times": 1}]))
+    scheduler, result, messages = _push(model, tmp_path / "dest", flip_chunk(2, times=1))
     assert scheduler.error is None and scheduler.retries == 1
     assert result == {"site-1": {"published": ["config.json", "model-00001.safetensors"]}}
     for name in ("config.json", "model-00001.safetensors"):
@@ -60,7 +67,7 @@ def test_push_in_slices_with_a_corrupt_chunk_resent(model, tmp_path):
 
 
 def test_chunk_corrupt_past_retries_stops_and_publishes_nothing_of_that_file(model, tmp_path):
-    scheduler, result, _ = _push(model, tmp_path / "dest", corrupter([{"chunk": 1, "times": 9}]), max_retries=1)
+    scheduler, result, _ = _push(model, tmp_path / "dest", flip_chunk(1, times=9), max_retries=1)
     assert "chunk 1 still refused after 2 attempts" in scheduler.error
     assert result is False
     assert not (tmp_path / "dest" / "base" / "model-00001.safetensors").exists()
@@ -74,7 +81,6 @@ def test_chunk_corrupt_past_retries_stops_and_publishes_nothing_of_that_file(mod
         ({"slice_mb": -1}, "slice_mb"),
         ({"streams": 0}, "streams"),
         ({"max_retries": -1}, "max_retries"),
-        ({"corrupt_chunks": [{"times": 1}]}, "corrupt_chunks"),
         ({"model_dir": ""}, "model_dir"),
     ],
 )
@@ -85,8 +91,7 @@ def test_controller_validates_at_construction(args, field):
 
 def test_components_keep_their_arguments_for_the_job_exporter():
     args = dict(model_dir="/m", model_name="base", task_name="push", chunk_mb=16, slice_mb=4, streams=2,
-                max_retries=1, chunk_timeout=60.0, prepare_timeout=30, targets=["site-1"], report_path="/tmp/r.json",
-                corrupt_chunks=None)
+                max_retries=1, chunk_timeout=60.0, prepare_timeout=30, targets=["site-1"], report_path="/tmp/r.json")
     ctl = ModelPushController(**args)
     assert {k: getattr(ctl, k) for k in args} == args
     rx = ModelPushReceiver(dest_dir="models", task_name="push")

@@ -5,7 +5,7 @@ import pytest
 
 from flaretune.errors import ConfigError
 from flaretune.streaming.chunks import build_manifest, need_all
-from flaretune.streaming.schedule import ChunkScheduler, Reply, TransferError, corrupt_manifest, corrupter
+from flaretune.streaming.schedule import ChunkScheduler, Reply, TransferError
 
 OK = Reply("ok")
 
@@ -64,19 +64,6 @@ def test_max_retries_validated(manifest):
         ChunkScheduler(manifest, {}, max_retries=-1)
 
 
-def test_corrupter_flips_only_the_first_sends():
-    corrupt = corrupter([{"file": "a.bin", "chunk": 1, "times": 2}, {"chunk": 0}])
-    data = b"abcd"
-    assert corrupt("a.bin", 1, 1, data) != data
-    assert corrupt("a.bin", 1, 2, data) != data
-    assert corrupt("a.bin", 1, 3, data) == data
-    assert corrupt("b.bin", 0, 1, data) != data  # "*" is the default file
-    assert corrupt("b.bin", 1, 1, data) == data
-    assert corrupter(None) is None
-    with pytest.raises(ConfigError, match="corrupt_chunks"):
-        corrupter([{"file": "a"}])
-
-
 def test_parallel_streams_share_the_queue_and_wait_for_resends(manifest):
     """A stream that finds the queue empty must wait: a chunk in flight elsewhere may come back."""
     scheduler = ChunkScheduler(manifest, {"site-1": need_all(manifest)}, max_retries=1)
@@ -99,13 +86,6 @@ def test_parallel_streams_share_the_queue_and_wait_for_resends(manifest):
         t.join(10)
     assert sorted(sent) == sorted([("a.bin", 0), ("a.bin", 0), ("a.bin", 1), ("a.bin", 2), ("b.bin", 0), ("b.bin", 1)])
     assert scheduler.next() is None
-
-
-def test_corrupt_manifest_announces_a_wrong_file_sha(manifest):
-    true_sha = manifest.file("b.bin").sha256
-    corrupt_manifest(manifest, [{"file": "b.bin", "file_sha256": True}])
-    assert manifest.file("b.bin").sha256 != true_sha
-    assert manifest.file("a.bin").sha256 != "0" * 64
 
 
 def test_a_lost_chunk_waits_longer_before_each_resend_while_a_refused_one_goes_at_once(manifest):

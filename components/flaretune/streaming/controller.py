@@ -21,10 +21,10 @@ from nvflare.apis.signal import Signal
 from flaretune.errors import ConfigError
 from flaretune.streaming import protocol as P
 from flaretune.streaming.memory import pin_mmap_threshold
-from flaretune.streaming.chunks import DEFAULT_CHUNK_MB, build_manifest, chunk_size_from_mb
+from flaretune.streaming.chunks import DEFAULT_CHUNK_MB, Manifest, build_manifest, chunk_size_from_mb
 from flaretune.streaming.producer import DEFAULT_SLICE_MB, DEFAULT_STREAMS, stream_model_folder
 from flaretune.paths import resolve_site_dir
-from flaretune.streaming.schedule import TransferError, corrupt_manifest, corrupter
+from flaretune.streaming.schedule import FaultFn, TransferError
 
 
 class ModelPushController(Controller):
@@ -41,7 +41,6 @@ class ModelPushController(Controller):
         prepare_timeout: int = 600,
         targets: Optional[List[str]] = None,
         report_path: str = "",
-        corrupt_chunks: Optional[List[dict]] = None,
     ):
         """Push a model folder (safetensors shards, or a spilled state dict) to sites as a ``model_push`` task.
 
@@ -58,10 +57,6 @@ class ModelPushController(Controller):
             prepare_timeout: seconds for every site to answer the prepare task.
             targets: site names; default every connected client.
             report_path: if set, a JSON summary (bytes, seconds, sites) is written there.
-            corrupt_chunks: TESTS ONLY. ``[{"file": "*", "chunk": 0, "times": 1}]`` flips a byte in the first
-                ``times`` sends of that chunk so tests can show it is refused and resent (or, past
-                ``max_retries``, that the file is never published); ``{"file": name, "file_sha256": true}``
-                announces a wrong whole-file sha256 so the file must fail its final check.
         """
         super().__init__()
         self.model_dir = model_dir
@@ -75,7 +70,6 @@ class ModelPushController(Controller):
         self.prepare_timeout = prepare_timeout
         self.targets = targets
         self.report_path = report_path
-        self.corrupt_chunks = corrupt_chunks
         if not isinstance(model_dir, str) or not model_dir:
             raise ConfigError(f"model_dir must be a folder path, got {model_dir!r}")
         self._chunk_size = chunk_size_from_mb(chunk_mb)
@@ -86,7 +80,6 @@ class ModelPushController(Controller):
             raise ConfigError(f"max_retries must be an int >= 0, got {max_retries!r}")
         if not isinstance(chunk_timeout, (int, float)) or chunk_timeout <= 0:
             raise ConfigError(f"chunk_timeout must be a number of seconds > 0, got {chunk_timeout!r}")
-        self._fault_fn = corrupter(corrupt_chunks)
         pin_mmap_threshold()  # this job process moves GBs in 1-8 MiB buffers: keep its RSS flat
         self.result: Optional[dict] = None
 
@@ -123,7 +116,8 @@ class ModelPushController(Controller):
             if self.report_path:
                 Path(self.report_path).write_text(json.dumps(report, indent=1))
 
-    def _push(self, abort_signal: Signal, fl_ctx: FLContext) -> dict:
+    def _push(self, abort_signal: Signal, fl_ctx: FLContext, **hooks) -> dict:
+        """Push the model folder; ``hooks`` (``manifest``, ``fault_fn``) are push_folder's, for test subclasses."""
         return push_folder(
             self,
             fl_ctx,
@@ -138,8 +132,7 @@ class ModelPushController(Controller):
             chunk_timeout=self.chunk_timeout,
             slice_mb=self.slice_mb,
             streams=self.streams,
-            corrupt_chunks=self.corrupt_chunks,
-            fault_fn=self._fault_fn,
+            **hooks,
         )
 
     @staticmethod
@@ -171,18 +164,19 @@ def push_folder(
     chunk_timeout: float = 300.0,
     slice_mb: float = DEFAULT_SLICE_MB,
     streams: int = DEFAULT_STREAMS,
-    corrupt_chunks: Optional[List[dict]] = None,
-    fault_fn=None,
+    manifest: Optional[Manifest] = None,
+    fault_fn: Optional[FaultFn] = None,
 ) -> dict:
     """Push ``path`` to ``targets`` (default: every client) from any controller's ``control_flow``.
 
-    Hashes the folder, sends the ``task_name`` task so each site says what it still needs, then streams
-    exactly that. Returns the push report; raises TransferError naming the site or file on failure.
+    Hashes the folder (unless ``manifest``, its manifest, is given), sends the ``task_name`` task so each site
+    says what it still needs, then streams exactly that. ``fault_fn`` rewrites each chunk's bytes before they
+    are sent (the fault-injection tests' corrupting controller passes one). Returns the push report; raises
+    TransferError naming the site or file on failure.
     """
     started = time.time()
     controller.log_info(fl_ctx, f"model_push: hashing {path} in {chunk_size / (1 << 20):g} MiB chunks")
-    manifest = build_manifest(path, chunk_size, model_name=model_name)
-    corrupt_manifest(manifest, corrupt_chunks)
+    manifest = manifest or build_manifest(path, chunk_size, model_name=model_name)
     hashed = time.time()
     targets = targets or [c.name for c in fl_ctx.get_engine().get_clients()]
     push_id = str(uuid.uuid4())

@@ -1,4 +1,4 @@
-"""Sending side, pure: which chunk goes next, retries of refused or lost chunks, and fault injection for tests.
+"""Sending side, pure: which chunk goes next, retries of refused or lost chunks.
 
 Each stream goes to all receivers at once (each chunk is read from disk once and broadcast); several streams
 may pull chunks from one scheduler so that reading, sending and writing overlap. A chunk is sent if any
@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from flaretune.errors import ConfigError, FlaretuneError
 from flaretune.streaming.chunks import Chunk, FileEntry, Manifest
@@ -124,46 +124,5 @@ def _strip(reason: str, name: str) -> str:
     return reason[len(name) + 2 :] if reason.startswith(name + ": ") else reason
 
 
-# ---- fault injection (tests only) -----------------------------------------------------------------
+# ---- the seam the fault-injection tests use ----------------------------------------------------------
 FaultFn = Callable[[str, int, int, bytes], bytes]  # (file name, chunk index, attempt, data) -> data to send
-
-
-def corrupter(specs: Optional[Sequence[dict]]) -> Optional[FaultFn]:
-    """Build a fault function from JSON-able specs ``[{"file": name or "*", "chunk": i, "times": n}]``.
-
-    The first ``times`` sends of that chunk go out with one byte flipped (its sha256 still the true one), so
-    receivers must refuse them. ``times`` greater than the sender's ``max_retries`` makes the file fail.
-    A spec ``{"file": name, "file_sha256": true}`` instead announces a wrong whole-file sha256 for that file
-    (see ``corrupt_manifest``): every chunk checks out, the file must still never be published.
-    """
-    if not specs:
-        return None
-    table = {}
-    for spec in specs:
-        if not isinstance(spec, dict) or ("chunk" not in spec and not spec.get("file_sha256")):
-            raise ConfigError(
-                "corrupt_chunks entries look like {'file': '*', 'chunk': 0, 'times': 1} or "
-                f"{{'file': 'name', 'file_sha256': true}}, got {spec!r}"
-            )
-        if "chunk" in spec:
-            table[(str(spec.get("file", "*")), int(spec["chunk"]))] = int(spec.get("times", 1))
-
-    def corrupt(name: str, index: int, attempt: int, data: bytes) -> bytes:
-        times = table.get((name, index), table.get(("*", index), 0))
-        if attempt > times or not data:
-            return data
-        flipped = bytearray(data)
-        flipped[len(flipped) // 2] ^= 0xFF
-        return bytes(flipped)
-
-    return corrupt
-
-
-def corrupt_manifest(manifest: Manifest, specs: Optional[Sequence[dict]]) -> Manifest:
-    """Apply the ``file_sha256`` specs of ``corrupter``: announce a wrong whole-file sha256 (tests only)."""
-    for spec in specs or []:
-        if spec.get("file_sha256"):
-            for entry in manifest.files:
-                if spec.get("file", "*") in ("*", entry.name):
-                    entry.sha256 = "0" * 64
-    return manifest
