@@ -55,6 +55,34 @@ class StallingExecutor(PeftTrainExecutor):
         return super().execute(task_name, shareable, fl_ctx, abort_signal)
 
 
+class StragglerExecutor(StallingExecutor):
+    """A straggler by pace, not by clock: before each ``train`` task a site named in ``stall`` waits until ``pace_site`` has
+    received ``lag`` more tasks (lines in ``record_dir/<pace_site>.jsonl``), at most ``stall_seconds``. Under any
+    machine load it is ``lag`` tasks behind that site (the asynchronous FedBuff tests)."""
+
+    def __init__(self, pace_site: str = "site-1", lag: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.pace_site = pace_site
+        self.lag = lag
+
+    def _paced(self) -> int:
+        path = Path(self.record_dir) / f"{self.pace_site}.jsonl"
+        return len(path.read_text().splitlines()) if path.is_file() else 0
+
+    def execute(self, task_name, shareable, fl_ctx, abort_signal):
+        if task_name != self.train_task_name or fl_ctx.get_identity_name() not in self.stall:
+            return super().execute(task_name, shareable, fl_ctx, abort_signal)  # recorded, never stalled
+        site = fl_ctx.get_identity_name()
+        with open(Path(self.record_dir) / f"{site}.jsonl", "a") as f:
+            f.write(json.dumps({"round": shareable.get_header(AppConstants.CURRENT_ROUND), "stalled": True,
+                                "sha256": params_sha256(FLModelUtils.from_shareable(shareable).params)}) + "\n")
+        target = self._paced() + self.lag
+        end = time.monotonic() + self.stall_seconds
+        while self._paced() < target and time.monotonic() < end and not abort_signal.triggered:
+            time.sleep(0.1)
+        return PeftTrainExecutor.execute(self, task_name, shareable, fl_ctx, abort_signal)
+
+
 BAD_RESULTS = ("nan", "shape", "count")
 INFLATION = 1000  # a "count" result claims this many times the site's real example count
 
