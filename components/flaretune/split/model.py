@@ -155,3 +155,35 @@ def partition(params: Dict[str, object], n_layers: int, bottom_layers: int,
 
 def trainable(module) -> List:
     return [p for p in module.parameters() if p.requires_grad]
+
+
+def drop_middle(model, bottom_layers: int, top_layers: int) -> None:
+    """Free the server's blocks in a site's copy of the model (each becomes an empty module, so the other
+    blocks keep their names): the site then holds only embeddings, edge blocks and head."""
+    import torch
+
+    layers = _inner(model).bert.encoder.layer
+    check_cut(len(layers), bottom_layers, top_layers)
+    for i in range(bottom_layers, len(layers) - top_layers):
+        layers[i] = torch.nn.Module()
+
+
+def load_part(model, params: Dict[str, object]) -> None:
+    """Load the adapter tensors a part holds (a site's after :func:`drop_middle`): every one, nothing else."""
+    import torch
+    from peft import set_peft_model_state_dict
+
+    from flaretune.models.lora import adapter_state
+
+    expected = adapter_state(model)
+    if set(expected) != set(params):
+        missing, unexpected = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
+        raise ConfigError(f"client-part tensors do not match the model's cut: missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]} (bottom_layers/top_layers differ between server and site?)")
+    tensors = {}
+    for name, ref in expected.items():
+        tensor = torch.as_tensor(params[name])
+        if tuple(tensor.shape) != tuple(ref.shape):
+            raise ConfigError(f"client-part tensor {name}: shape {tuple(tensor.shape)}, expected {tuple(ref.shape)}")
+        tensors[name] = tensor.to(ref.dtype)
+    set_peft_model_state_dict(model, tensors)

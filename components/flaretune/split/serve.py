@@ -38,19 +38,27 @@ class StepBatcher:
         self._results: Dict[str, object] = {}
         self.groups = 0  # middle steps run
         self.group_sizes: list = []
+        self._last_seen: Dict[str, float] = {}
 
     def begin(self, sites: Iterable[str]) -> None:
         with self._cv:
             self.active, self.dropped = set(sites), set()
+            self._last_seen = {site: time.monotonic() for site in self.active}
             self._forward, self._backward, self._results, self._group = {}, {}, {}, None
             self._cv.notify_all()
 
     def leave(self, site: str) -> None:
         """The site trains no more this round (done or failed): stop waiting for it."""
         with self._cv:
+            self._last_seen[site] = time.monotonic()
             self.active.discard(site)
             self._forward.pop(site, None)
             self._cv.notify_all()
+
+    def silent(self, site: str) -> bool:
+        """No word from the site (request or leave) for ``site_timeout`` seconds: it is gone."""
+        with self._cv:
+            return time.monotonic() - self._last_seen.get(site, 0.0) > self.site_timeout
 
     # -- requests (one thread per site) ------------------------------------------------------------
     def forward(self, site: str, hidden, mask):
@@ -73,6 +81,7 @@ class StepBatcher:
 
     # -- under the lock ------------------------------------------------------------------------------
     def _check(self, site: str) -> None:
+        self._last_seen[site] = time.monotonic()
         if site in self.dropped or site not in self.active:
             raise SiteDropped(f"{site} is not training in this round (it left or was dropped)")
 
