@@ -25,6 +25,7 @@ class Scenario:
     describe: Callable[[dict], str]  # a setting's scores -> a few words for the progress line
     labels_in_spec: bool  # the PeftSpec carries the data's label set (token classification)
     zero_shot: bool  # the base model without tuning is a meaningful baseline
+    extend: Optional[Callable] = None  # (run, federated result) -> more report.json entries (split_ner)
 
 
 # -- clinical NER ---------------------------------------------------------------------------------
@@ -107,6 +108,19 @@ register_scenario(Scenario(
 ))
 
 
+def _split_extend(run, fed: dict) -> dict:
+    from flaretune.compare.split import extend
+
+    return extend(run, fed)
+
+
+register_scenario(Scenario(  # split learning (flaretune.split) on the clinical NER data, beside federated LoRA
+    name="split_ner", executor="SplitLearningExecutor", metric="entity_f1", metric_title="test entity F1",
+    headline="f1", prepare=_ner_prepare, make_trainer=_ner_trainer, setting=_ner_setting, describe=_ner_describe,
+    labels_in_spec=True, zero_shot=False, extend=_split_extend,
+))
+
+
 def scenario_for(job) -> Scenario:
     """The scenario whose executor the job folder (a :class:`~flaretune.jobcfg.JobFolder`) runs."""
     executor_class = job.executor()["path"].rsplit(".", 1)[-1]
@@ -119,7 +133,7 @@ def scenario_for(job) -> Scenario:
 
 def style_names(name: str) -> List[str]:
     """The synthetic data styles scenario ``name`` offers (its default first)."""
-    if name == "clinical_ner":
+    if name in ("clinical_ner", "split_ner"):
         from flaretune.data.clinical import STYLES
         return ["notes"] + [s for s in STYLES if s != "notes"]
     from flaretune.data.finance import FIN_STYLES

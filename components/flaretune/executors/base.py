@@ -218,7 +218,8 @@ class PeftExecutor(Executor):
         self._local_params = local
         metrics = {**self.flat_metrics(outcome.before, prefix="global_"),
                    **self.flat_metrics(outcome.after, prefix="local_"), "train_loss": outcome.result.mean_loss,
-                   PEAK_RSS_MB: peak_rss_mb()}
+                   PEAK_RSS_MB: peak_rss_mb(),
+                   "seconds_per_step": outcome.seconds / max(1, outcome.result.steps)}  # local training only
         if self._dp:
             metrics["dp_epsilon"] = self._dp.spend(outcome.result.steps)
             self.log_info(fl_ctx, f"{fl_ctx.get_identity_name()} round {round_number}: DP-SGD epsilon spent "

@@ -214,7 +214,9 @@ class SplitLearningController(Controller):
         workspace = fl_ctx.get_engine().get_workspace()
         folder = Path(workspace.get_run_dir(fl_ctx.get_job_id())) / "global_model"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "history.json").write_text(json.dumps({"rounds": self._history}, indent=2))
+        cut = {"n_layers": self.n_layers, "bottom_layers": self.bottom_layers, "top_layers": self.top_layers,
+               "client_parts_bytes": int(sum(np.asarray(v).nbytes for v in self._site_params.values()))}
+        (folder / "history.json").write_text(json.dumps({"cut": cut, "rounds": self._history}, indent=2))
 
 
 def _weighted_mean(params: Dict[str, dict], weights: Dict[str, int]) -> dict:
