@@ -12,7 +12,7 @@ import importlib
 
 _LAZY = {"FlaretuneRecipe": "base", "PeftRecipe": "peft", "ClinicalNerRecipe": "peft",
          "FinInstructRecipe": "peft", "ModelPushRecipe": "streaming", "StreamedFedAvgRecipe": "streaming"}
-_ARGS = ["Rounds", "NerAdapter", "InstructAdapter", "NerTraining", "InstructTraining", "ModelPush",
+_ARGS = ["Rounds", "Buffered", "NerAdapter", "InstructAdapter", "NerTraining", "InstructTraining", "ModelPush",
          "PushReceiver", "StreamedRounds", "FullTraining", "ClientDP", "DPSGD", "SecureAggregation"]
 
 # job folder name -> recipe class name

@@ -68,6 +68,18 @@ class Rounds(ComponentArgs):
 
 
 @dataclass
+class Buffered(ComponentArgs):
+    """``flaretune.aggregation.fedbuff.FedBuffController``: asynchronous FedBuff in place of the rounds."""
+
+    num_updates: int = _help(10, "server updates in all")
+    buffer_size: int = _help(2, "results (K) per server update")
+    staleness: str = _help("sqrt", "sqrt (1/sqrt(1+s)), constant or poly")
+    aggregator: str = _help("fedavg", "fedavg, fedprox, fedavgm, fedadagrad, fedadam or fedyogi")
+    persistor_id: str = _help("persistor", "id of the adapter persistor component")
+    extra: Dict[str, Any] = _extra()
+
+
+@dataclass
 class NerAdapter(ComponentArgs):
     """``flaretune.aggregation.persistor.PeftAdapterPersistor`` for clinical NER: base model, labels, LoRA."""
 

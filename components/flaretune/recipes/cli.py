@@ -33,6 +33,7 @@ _PEFT = {
     "--data": (("training", "data_path"), str, "site data; '{site_name}' expands (default: synthetic sites)"),
     "--quantize": (("quantization", None), str, "float16, bfloat16, blockwise8, nf4, fp4 or none"),
 }
+FEDBUFF_JOBS = ("clinical_ner", "fin_instruct")
 OPTIONS = {
     "clinical_ner": _PEFT,
     "fin_instruct": _PEFT,
@@ -59,6 +60,9 @@ def build_parser(job: str) -> argparse.ArgumentParser:
     parser.add_argument("--export", metavar="DIR", help="write the job folder to DIR instead of running it")
     for flag, (_, kind, text) in OPTIONS[job].items():
         parser.add_argument(flag, type=kind, help=text)
+    if job in FEDBUFF_JOBS:
+        parser.add_argument("--fedbuff", type=positive_int, metavar="K",
+                            help="asynchronous FedBuff, K results per server update; --rounds then counts updates")
     return parser
 
 
@@ -73,6 +77,12 @@ def make_recipe(job: str, args: argparse.Namespace):
         if value is None:
             continue
         kwargs[param] = value if name is None else replace(kwargs.get(param, defaults[param]), **{name: value})
+    if getattr(args, "fedbuff", None):
+        from flaretune.recipes.args import Buffered
+
+        rounds = kwargs.get("rounds", defaults["rounds"])
+        kwargs["rounds"] = Buffered(num_updates=rounds.num_rounds, buffer_size=args.fedbuff,
+                                    aggregator=rounds.aggregator, persistor_id=rounds.persistor_id)
     if args.sites is not None:
         kwargs["min_clients"] = args.sites
     return cls(**kwargs)

@@ -10,12 +10,13 @@ from dataclasses import asdict, replace
 from typing import List, Optional
 
 from flaretune.recipes.args import (
-    DPSGD, ClientDP, InstructAdapter, InstructTraining, NerAdapter, NerTraining, Rounds, SecureAggregation,
+    DPSGD, Buffered, ClientDP, InstructAdapter, InstructTraining, NerAdapter, NerTraining, Rounds, SecureAggregation,
 )
 from flaretune.recipes.base import FlaretuneRecipe
 
 TASKS = ["train", "validate", "submit_model"]
 CONTROLLER = "flaretune.aggregation.controller.FedAggController"
+FEDBUFF = "flaretune.aggregation.fedbuff.FedBuffController"
 PERSISTOR = "flaretune.aggregation.persistor.PeftAdapterPersistor"
 DP_FILTER = "flaretune.filters.dp.GaussianPrivacyFilter"
 TB_EVENT = "analytix_log_stats"
@@ -34,7 +35,8 @@ class PeftRecipe(FlaretuneRecipe):
     Args:
         name: the job's name (its folder's name when exported); default the scenario's.
         min_clients: sites the job needs to start (``meta.json``); default the scenario's.
-        rounds: the round loop (:class:`~flaretune.recipes.args.Rounds`).
+        rounds: the round loop (:class:`~flaretune.recipes.args.Rounds`), or asynchronous FedBuff
+            (:class:`~flaretune.recipes.args.Buffered`).
         adapter: base model and LoRA of the global adapter.
         training: each site's local training.
         quantization: ``float16``, ``bfloat16``, ``blockwise8``, ``nf4``, ``fp4`` both ways, or None / ``"none"``.
@@ -55,7 +57,7 @@ class PeftRecipe(FlaretuneRecipe):
         raise NotImplementedError
 
     def __init__(self, *, name: Optional[str] = None, min_clients: Optional[int] = None,
-                 rounds: Optional[Rounds] = None, adapter=None, training=None,
+                 rounds=None, adapter=None, training=None,
                  quantization: Optional[str] = "float16", keep_fraction: Optional[float] = None,
                  client_dp: Optional[ClientDP] = None, dp_sgd: Optional[DPSGD] = None,
                  secure_aggregation: Optional[SecureAggregation] = None):
@@ -72,7 +74,9 @@ class PeftRecipe(FlaretuneRecipe):
         if dp_sgd is not None:
             executor_args.update(dp_sgd.executor_args())
         server = {"format_version": 2,
-                  "workflows": [{"id": "fed_agg", "path": CONTROLLER, "args": self.rounds.args()}],
+                  "workflows": [{"id": "fedbuff", "path": FEDBUFF, "args": self.rounds.args()}
+                                if isinstance(self.rounds, Buffered) else
+                                {"id": "fed_agg", "path": CONTROLLER, "args": self.rounds.args()}],
                   "components": [{"id": "persistor", "path": PERSISTOR, "args": self.adapter.args()}]
                   + [dict(c) for c in SERVER_WIDGETS]}
         client = {"format_version": 2,
