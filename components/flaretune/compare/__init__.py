@@ -30,6 +30,12 @@ def check_arguments(args) -> None:
         raise ConfigError("give --aggregator (one comparison) or --aggregators (the table), not both")
     if args.model:
         validate_model_name(args.model)
+    if args.method:
+        from flaretune.train.methods import validate_method
+
+        validate_method(args.method, owner="--method")
+    if args.method == "layer_skip" and not args.layers:
+        raise ConfigError("--method layer_skip needs --layers: an index list like 0,2, top2 or every_other")
     if args.style and args.style not in style_names(scenario.name):
         raise ConfigError(f"--style {args.style!r} is not a {scenario.name} style; valid: "
                           f"{', '.join(style_names(scenario.name))}")
@@ -57,7 +63,8 @@ def _run(args) -> int:
 
         options = Options(args.sites, args.rounds, args.seed, args.skew, args.alpha, args.train, args.test,
                           args.quantize, args.model, args.style, args.dp_epsilon,
-                          secure_aggregation=args.secure_aggregation)
+                          secure_aggregation=args.secure_aggregation, method=args.method, layers=args.layers,
+                          learning_rate=args.lr)
         table = compare_aggregators(args.job_dir, args.out, args.aggregators, options)
         print("\n".join(table_lines(table)))
         print(f"wrote {args.out}/aggregators.json and {args.out}/aggregators.png")
@@ -66,7 +73,8 @@ def _run(args) -> int:
         args.job_dir, args.out, sites=args.sites, rounds=args.rounds, seed=args.seed, skew=args.skew,
         train_file=args.train, test_file=args.test, quantize=args.quantize, model=args.model,
         style=args.style, dp_epsilon=args.dp_epsilon, alpha=args.alpha, aggregator=args.aggregator,
-        server_lr=args.server_lr, secure_aggregation=args.secure_aggregation,
+        server_lr=args.server_lr, secure_aggregation=args.secure_aggregation, method=args.method,
+        layers=args.layers, learning_rate=args.lr,
     )
     print("\n".join(summary_lines(report)))
     print(f"wrote {args.out}/report.json and {args.out}/report.png")
@@ -101,5 +109,11 @@ def register(subparsers) -> None:
     parser.add_argument("--secure-aggregation", action="store_true",
                         help="the federated run masks every update (pairwise masks, Shamir dropout recovery): the "
                         "server sees only the sum")
+    parser.add_argument("--method", help="client method at every site (flaretune.train.methods): lora (default), "
+                        "full, layer_skip, ffa_lora, ...")
+    parser.add_argument("--layers", help="layers that train (layer_skip; lora/full/ffa_lora: only these): "
+                        "an index list like 0,2, top2 or every_other")
+    parser.add_argument("--lr", type=positive_float, help="learning rate of every setting (default: the job's; "
+                        "full weights usually want far less than LoRA's)")
     parser.add_argument("--model", help="override the base model (e.g. tiny-minilm-ner / tiny-smollm2 for a quick check)")
     parser.set_defaults(func=_run)

@@ -40,6 +40,12 @@ def summary_lines(report: dict) -> list:
            f"quantization {report['quantization']})"),
         f"wall time {report['wall_s']:.0f}s",
     ]
+    if report.get("method"):
+        rss, per_round = report.get("peak_rss_mb"), report.get("seconds_per_round")
+        lines.insert(-1, f"method {report['method']}" + (f" (layers {report['layers']})" if report.get("layers") else "")
+                     + f": {report['trainable_params']:,} trainable parameters, peak RSS of the largest site "
+                     + (f"{rss:.0f} MiB" if rss is not None else "n/a") + ", "
+                     + (f"{per_round:.1f} s per round" if per_round is not None else "n/a s per round"))
     lines += [f"WARNING {line}" for line in report.get("collapse", [])]
     return lines
 

@@ -50,6 +50,9 @@ class Options:
     aggregator: Optional[str] = None
     server_lr: Optional[float] = None
     secure_aggregation: bool = False
+    method: Optional[str] = None  # client method (flaretune.train.methods); None: the job's
+    layers: Optional[str] = None  # the layers a layer-selecting method trains ('0,2', 'top2', 'every_other')
+    learning_rate: Optional[float] = None  # every setting's learning rate (full weights want less than LoRA)
 
 
 @dataclass
@@ -86,12 +89,16 @@ def torch_threads() -> int:
     return max(1, min(cores, cores - busy))
 
 
-def _spec_from_job(job: JobFolder, scenario: Scenario, labels: List[str], model: Optional[str]) -> PeftSpec:
+def _spec_from_job(job: JobFolder, scenario: Scenario, labels: List[str], options: Options) -> PeftSpec:
     args = dict(job.persistor_args)
     if scenario.labels_in_spec:
         args["labels"] = labels
-    if model:
-        args["model_name"] = model
+    if options.model:
+        args["model_name"] = options.model
+    if options.method:
+        args["method"] = options.method
+    if options.layers:
+        args["layers"] = options.layers
     args.pop("output_dir", None)
     args.pop("task", None)
     return PeftSpec(**args)
@@ -110,8 +117,10 @@ def start(job_dir, out_dir, options: Options, step_count: int) -> Run:
     for name, part in data.site_train.items():
         _say(f"  {name}: {len(part)} training records{_label_mix(part)}")
     _say(f"  shared test set: {len(data.test)} records{_label_mix(data.test)}")
-    spec = _spec_from_job(job, scenario, data.labels, options.model)
+    spec = _spec_from_job(job, scenario, data.labels, options)
     ex = job.executor_args
+    if options.learning_rate:
+        ex["learning_rate"] = options.learning_rate
     hp = {"lr": float(ex.get("learning_rate", 1e-3)), "batch_size": int(ex.get("batch_size", 16)),
           "seed": options.seed, "epochs_per_round": float(ex.get("local_epochs", 1)),
           "max_steps": int(ex.get("max_steps", 0) or 0),
@@ -146,9 +155,13 @@ def federated(run: Run, folder: Path, step: str, workflow: Optional[dict] = None
     job.set_rounds(run.rounds)
     job.set_sites(options.sites)
     job.persistor_args.update({"model_name": run.spec.model_name, "seed": options.seed})
+    job.persistor_args.update({k: getattr(run.spec, k) for k in ("method", "layers") if getattr(run.spec, k)
+                               not in (None, "lora")})
     if run.scenario.labels_in_spec:
         job.persistor_args["labels"] = run.data.labels
     ex = job.executor_args
+    if options.learning_rate:
+        ex["learning_rate"] = options.learning_rate
     ex.update({"data_path": str(run.data.root / "{site_name}"), "seed": options.seed,
                "num_threads": max(1, (os.cpu_count() or 2) // options.sites)})
     job.workflow_args.update(workflow or {})
@@ -167,7 +180,8 @@ def federated(run: Run, folder: Path, step: str, workflow: Optional[dict] = None
               f"{run.hp['epochs_per_round']:g} local epochs")
     name = job.workflow_args.get("aggregator", "fedavg")
     lr = job.workflow_args.get("server_lr")
-    _say(f"{step} federated: {run.rounds} rounds × {budget}, {options.sites} sites, aggregator {name}"
+    _say(f"{step} federated: {run.rounds} rounds × {budget}, {options.sites} sites, method {run.spec.method}"
+         f"{f' (layers {run.spec.layers})' if run.spec.layers else ''}, aggregator {name}"
          f"{f' (server lr {lr:g})' if lr is not None and name not in ('fedavg', 'fedprox') else ''}, "
          f"quantization {quantization or 'none'} (FLARE simulator, log {folder / 'federated.log'})")
     started = time.time()
@@ -191,11 +205,24 @@ def federated(run: Run, folder: Path, step: str, workflow: Optional[dict] = None
         wire = _secagg_wire_bytes(adapter, secagg, global_dir)
         secagg["bytes_per_round_per_client"] = wire
     return {
+        **site_costs(global_dir / "history.json"),
         "setting": {**run.scenario.setting(final), "per_round": per_round, "seconds": round(seconds, 1)},
         "per_round_scores": per_round_scores, "scores": final, "bytes_per_round_per_client": wire,
         "quantization": quantization or "none", "aggregator": name, "server_lr": lr, "dp": dp,
         "adapter_dir": str(global_dir / "adapter"), "seconds": seconds, "secure_aggregation": secagg,
     }
+
+
+def site_costs(history_file: Path) -> dict:
+    """``peak_rss_mb``: the largest peak RSS any site process reported (``history.json``'s round metrics);
+    ``seconds_per_round``: the mean of the rounds' seconds (send, train at the sites, aggregate)."""
+    history = json.loads(history_file.read_text()) if history_file.is_file() else {}
+    rounds = history.get("rounds", [])
+    peaks = [float(site["metrics"]["peak_rss_mb"]) for r in rounds for site in r.get("sites", {}).values()
+             if "peak_rss_mb" in (site.get("metrics") or {})]
+    seconds = [float(r["seconds"]) for r in rounds if "seconds" in r]
+    return {"peak_rss_mb": max(peaks) if peaks else None,
+            "seconds_per_round": round(sum(seconds) / len(seconds), 2) if seconds else None}
 
 
 def _secagg_wire_bytes(adapter: dict, secagg: dict, global_dir: Path) -> int:
@@ -273,10 +300,11 @@ def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed
             train_file=None, test_file=None, quantize: Optional[str] = None, model: Optional[str] = None,
             style: Optional[str] = None, dp_epsilon: Optional[float] = None, alpha: float = 0.5,
             aggregator: Optional[str] = None, server_lr: Optional[float] = None,
-            secure_aggregation: bool = False) -> dict:
+            secure_aggregation: bool = False, method: Optional[str] = None, layers: Optional[str] = None,
+            learning_rate: Optional[float] = None) -> dict:
     """The whole comparison; writes ``report.json`` and ``report.png`` under ``out_dir``."""
     options = Options(sites, rounds, seed, skew, alpha, train_file, test_file, quantize, model, style, dp_epsilon,
-                      aggregator, server_lr, secure_aggregation)
+                      aggregator, server_lr, secure_aggregation, method, layers, learning_rate)
     started = time.time()
     probe = scenario_for(JobFolder(job_dir))
     steps = 6 if probe.zero_shot else 5
@@ -318,6 +346,12 @@ def build_report(run: Run, fed: dict, base: dict, wall_s: float) -> dict:
         "secure_aggregation": fed["secure_aggregation"],
         "data": run.data.description,
         "adapter_dir": fed["adapter_dir"],
+        "method": run.spec.method,
+        "layers": run.spec.layers,
+        "trainable_params": run.evaluator.trainable_count(),
+        "peak_rss_mb": fed.get("peak_rss_mb"),
+        "seconds_per_round": fed.get("seconds_per_round"),
+        "learning_rate": run.hp["lr"],
     }
     if "macro_f1" in report["centralized"]:
         report["local_only"]["macro_f1_mean"] = sum(s["macro_f1"] for s in report["local_only"]["sites"].values()) / len(local)
