@@ -316,6 +316,8 @@ def compare(job_dir, out_dir, sites: int = 3, rounds: Optional[int] = None, seed
     base = baselines(run, 3, steps)
     _say(f"[{steps}/{steps}] report")
     report = build_report(run, fed, base, time.time() - started)
+    if run.scenario.extend is not None:  # split_ner: federated LoRA beside it, per-step costs of a site
+        report.update(run.scenario.extend(run, fed))
     (run.out / "report.json").write_text(json.dumps(report, indent=2))
     write_plot(report, run.out / "report.png")
     return report
