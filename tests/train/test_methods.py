@@ -150,3 +150,21 @@ def test_a_site_may_run_its_own_method_only_when_it_exchanges_the_same_tensors()
     assert site_spec(spec, "lora") == spec
     with pytest.raises(ConfigError, match=r"method 'full' exchanges 'full' tensors but the job's method 'lora'"):
         site_spec(spec, "full")
+
+
+@pytest.mark.parametrize("method, layers", [("layer_skip", "top1"), ("ffa_lora", None), ("lora", "0")])
+def test_dp_sgd_moves_exactly_the_tensors_that_travel(method, layers):
+    from flaretune.train.flow import LocalTraining
+
+    trainer = NerTrainer(PeftSpec(**NER, method=method, layers=layers), max_length=16)
+    encoded = trainer.encode(SENTENCES)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    sent_before = trainer.get_params()
+    settings = LocalTraining(max_steps=1, batch_size=len(encoded), learning_rate=0.01, train_step="dpsgd", step_args=dict(
+        noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5, dataset_size=len(encoded)))
+    trainer.fit(encoded, max_steps=1, batch_size=len(encoded), step=settings.step())
+    moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved == _trainable(trainer.model)
+    sent_after = trainer.get_params()
+    assert {k for k in sent_after if not torch.equal(sent_after[k], sent_before[k])} == set(sent_after)
+    assert sum(v.numel() for v in sent_after.values()) == trainer.trainable_count()
