@@ -10,6 +10,7 @@ _BENCHMARKS = {
     "stream": ("flaretune.bench.stream", "ObjectStreamer model transfer vs FLARE's default tensor path (POC)"),
     "secagg": ("flaretune.bench.secagg", "secure aggregation vs plain FedAvg: bytes and wall time per round"),
     "train-step": ("flaretune.bench.train_step", "a bank's LoRA step with and without the shared prompt prefix"),
+    "async": ("flaretune.bench.asyncfl", "synchronous FedAvg vs asynchronous FedBuff with the same straggler"),
     "methods": ("flaretune.bench.methods", "client methods side by side: upload, parameters, peak RSS, s/round, score"),
     "forward-only": ("flaretune.bench.forward_only", "backprop LoRA vs forward-only LoRA (FwdLLM): memory, time, score"),
     "qlora": ("flaretune.bench.qlora", "LoRA on the fp32 base vs QLoRA (nf4 + double quantization), both scenarios"),
