@@ -71,3 +71,49 @@ def test_sigterm_to_bench_stream_leaves_no_flare_process_running(tmp_path):
     assert [pid for pid in started if _alive(pid)] == []
     assert _pids_naming(tmp_path) == []
     assert not list(tmp_path.glob("ft_bench_stream_*"))  # its POC workspace is removed, as after a normal run
+
+
+def test_sigterm_to_compare_mid_federation_leaves_no_simulator_process_running(tmp_path):
+    """``flaretune compare`` killed by a scheduler's time limit while its simulator trains the federation."""
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    cmd = [str(Path(sys.executable).parent / "flaretune"), "compare", str(repo / "jobs" / "clinical_ner"),
+           "--out", str(out), "--rounds", "50", "--model", "tiny-minilm-ner"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    lines, federating = [], threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if " federated: " in line:
+                federating.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 240
+        while not federating.wait(1) and proc.poll() is None and time.monotonic() < deadline:
+            pass
+        early_exit = proc.stderr.read()[-2000:] if proc.poll() is not None else ""
+        assert federating.is_set(), "".join(lines)[-2000:] + early_exit
+        deadline, started = time.monotonic() + 120, []
+        while time.monotonic() < deadline and len(started) < 3:  # the simulator and its site workers
+            time.sleep(1)
+            started = _pids_naming(out)
+        assert len(started) >= 3, (started, "".join(lines)[-2000:])
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=150)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == (
+        "flaretune: stopped by SIGTERM; the FLARE processes it started are ended")
+    assert not any("round 50/50" in line for line in lines)  # it was stopped mid-federation
+    assert [pid for pid in started if _alive(pid)] == []
+    assert _pids_naming(out) == []
