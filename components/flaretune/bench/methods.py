@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default="lora,full,layer_skip:top2,ffa_lora",
                         help="comma-separated NAME[:LAYERS][@LR] (default lora,full,layer_skip:top2,ffa_lora)")
     parser.add_argument("--reports", nargs="*", help="tabulate these report.json files instead of running compares")
+    parser.add_argument("--static", action="store_true",
+                        help="no training: build each method's model and count its trainable parameters and the exact "
+                        "upload bytes at the job's quantization (real bases too large to train here)")
     parser.add_argument("--rounds", type=int, help="federated rounds (default: the job's)")
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--model", help="base model override (e.g. tiny-minilm-ner for a quick check)")
@@ -59,7 +62,8 @@ def with_relative(rows: List[dict]) -> List[dict]:
     full = next((r for r in rows if r["method"] == "full" and not r["layers"]), None)
     for r in rows:
         r["upload_vs_full"] = r["bytes_per_round_per_client"] / full["bytes_per_round_per_client"] if full else None
-        r["score_vs_full"] = (r["score"] - full["score"]) / full["score"] if full and full["score"] else None
+        r["score_vs_full"] = ((r["score"] - full["score"]) / full["score"]
+                              if full and full["score"] and r["score"] is not None else None)
     return rows
 
 
@@ -76,7 +80,7 @@ def table_lines(rows: List[dict]) -> List[str]:
         score = None if r["score_vs_full"] is None else 100 * r["score_vs_full"]
         lines.append(
             f"| {name} | {r['bytes_per_round_per_client']:,} | {num(r['trainable_params'], ',')} | "
-            f"{num(r['peak_rss_mb'], '.0f')} | {num(r['seconds_per_round'], '.1f')} | {r['score']:.4f} | "
+            f"{num(r['peak_rss_mb'], '.0f')} | {num(r['seconds_per_round'], '.1f')} | {num(r['score'], '.4f')} | "
             f"{num(upload, '.1f', '%')} | {num(score, '+.1f', '%')} |")
     return lines
 
@@ -107,11 +111,44 @@ def write_plot(rows: List[dict], path) -> Path:
     return path
 
 
+def static_rows(job_dir, methods: List[dict], model: Optional[str] = None) -> List[dict]:
+    """Each method's trainable parameters and upload (FOBS bytes after the job's quantization), untrained."""
+    import dataclasses
+
+    from flaretune.compare.scenarios import scenario_for
+    from flaretune.jobcfg import JobFolder
+    from flaretune.models.lora import PeftSpec
+    from flaretune.train.methods import make_method
+    from flaretune.wire import update_wire_bytes
+
+    job = JobFolder(job_dir)
+    args = {k: v for k, v in job.persistor_args.items() if k not in ("output_dir", "task")}
+    spec = PeftSpec(**{**args, **({"model_name": model} if model else {})})
+    rows = []
+    for m in methods:
+        method_spec = dataclasses.replace(spec, method=m["method"], layers=m["layers"])
+        method = make_method(m["method"], method_spec)
+        built = method.build()
+        params = {k: v.numpy() for k, v in method.get_params(built).items()}
+        rows.append({
+            "label": m["label"], "method": m["method"], "layers": m["layers"], "learning_rate": None, "rounds": 0,
+            "model": spec.model_name, "bytes_per_round_per_client": update_wire_bytes(params, job.quantization()),
+            "trainable_params": sum(p.numel() for p in built.parameters() if p.requires_grad), "peak_rss_mb": None,
+            "seconds_per_round": None, "score": None, "metric": None, "centralized": None,
+            "scenario": scenario_for(job).name, "full_model_bytes": 4 * sum(p.numel() for p in built.parameters()),
+        })
+        del built
+    return rows
+
+
 def run(args) -> int:
     from flaretune.compare.run import compare
 
     rows = []
-    if args.reports:
+    if args.static:
+        rows = static_rows(args.job_dir, [parse_method(t.strip()) for t in args.methods.split(",") if t.strip()],
+                           args.model)
+    elif args.reports:
         for file in args.reports:
             report = json.loads(Path(file).read_text())
             label = report.get("method", "lora") + (f"-{report['layers']}" if report.get("layers") else "")
