@@ -94,6 +94,11 @@ class SplitLearningController(Controller):
         self.model = self.spec.build()
         load_adapter_state(self.model, learnable["weights"])
         self.n_layers = len(self.model.get_base_model().bert.encoder.layer)
+        if 0 <= self.bottom_layers < self.n_layers and self.bottom_layers + self.top_layers >= self.n_layers:
+            fitted = self.n_layers - 1 - self.bottom_layers  # e.g. the 2-block tiny twin under the job's 1 + 1
+            self.log_warning(fl_ctx, f"{self.spec.model_name} has {self.n_layers} blocks: top_layers {self.top_layers} "
+                                     f"-> {fitted}, so the server keeps one")
+            self.top_layers = fitted
         parts = split_token_classifier(self.model, self.bottom_layers, self.top_layers)
         parts.middle.train()
         self._batcher = StepBatcher(MiddleServer(parts.middle, self.learning_rate), self.site_timeout)
