@@ -48,6 +48,8 @@ def test_adapters_change_after_a_step_and_the_4bit_base_does_not(ner_model):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == set(before)  # every adapter A, B and the head moved
     assert torch.equal(query.weight, packed) and not query.weight.requires_grad
+    trainer.evaluate(trainer.encode(sentences))  # inference keeps the NF4 double-quantized layout too
+    assert torch.equal(query.weight, packed) and query.weight.quant_state.nested
 
 
 def test_the_traveling_tensors_are_loras(ner_model):

@@ -57,6 +57,9 @@ def quantize_base(model, compute_dtype: str = "float32", device: str = "cpu", ke
                                          quant_type="nf4")
         if linear.bias is not None:
             layer.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
+        # bitsandbytes' CPU inference fast path repacks the weight in place and drops double quantization
+        # (absmax back to float32), and fails on layers narrower than a block: keep the one NF4 layout
+        layer.support_avx512bf16_for_cpu = False
         setattr(parent, child, layer.to(device))  # Params4bit quantizes on the move to a device
     model.is_loaded_in_4bit = True  # what transformers sets: PEFT then wraps these layers with its 4-bit LoRA
     return len(targets)
