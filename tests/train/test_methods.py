@@ -168,3 +168,15 @@ def test_dp_sgd_moves_exactly_the_tensors_that_travel(method, layers):
     sent_after = trainer.get_params()
     assert {k for k in sent_after if not torch.equal(sent_after[k], sent_before[k])} == set(sent_after)
     assert sum(v.numel() for v in sent_after.values()) == trainer.trainable_count()
+
+
+def test_a_layer_skip_global_model_saves_and_loads_as_a_whole_model_folder(tmp_path):
+    from flaretune.models.lora import load_adapter_model, save_adapter_folder
+
+    spec = PeftSpec(**NER, method="layer_skip", layers="top1")
+    method = make_method("layer_skip", spec)
+    params = {k: v + 0.5 for k, v in method.get_params(method.build()).items()}
+    model, loaded = load_adapter_model(save_adapter_folder(spec, params, tmp_path / "final"))
+    assert loaded == spec
+    own = dict(model.named_parameters())
+    assert all(torch.equal(own[k].detach(), v) for k, v in params.items())

@@ -157,10 +157,13 @@ def read_adapter_task(adapter_dir) -> dict:
 
 
 def load_adapter_model(adapter_dir):
-    """Base model + adapter from a folder written by :func:`save_adapter_folder`, via ``PeftModel.from_pretrained``."""
+    """Base model + adapter from a folder written by :func:`save_adapter_folder`, via ``PeftModel.from_pretrained``;
+    a folder of a method that trains the base's own weights (``full``, ``layer_skip``) holds the whole model."""
     from peft import PeftModel
 
     spec = read_adapter_spec(adapter_dir)
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():  # full / layer_skip: a whole model folder
+        return load_base_model(spec.model_name, labels=spec.labels, seed=spec.seed, model_dir=adapter_dir), spec
     base = load_base_model(spec.model_name, labels=spec.labels, seed=spec.seed)
     return PeftModel.from_pretrained(base, str(adapter_dir)), spec
 
