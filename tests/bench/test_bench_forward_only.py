@@ -1,6 +1,6 @@
 """``flaretune bench forward-only``'s summary: same rounds, same wall time, upload and memory ratios."""
 
-from flaretune.bench.forward_only import format_table, score_within, summarize
+from flaretune.bench.forward_only import format_table, score_within, summarize, write_plot
 
 
 def _run(name, seconds, scores, upload, rss):
@@ -13,7 +13,7 @@ def _run(name, seconds, scores, upload, rss):
             "seconds_per_round": sum(seconds) / len(seconds), "rounds": rounds, "replay_exact": True}
 
 
-def test_same_time_takes_the_last_round_that_ended_within_backprops_time():
+def test_same_time_takes_the_last_round_that_ended_within_backprops_time(tmp_path):
     backprop = _run("lora", [2.0, 2.0], [0.1, 0.3], 4000, 800.0)
     forward = _run("forward_only", [3.0, 3.0, 3.0], [0.05, 0.08, 0.09], 64, 640.0)
     summary = summarize(backprop, forward, rounds=2)
@@ -24,3 +24,6 @@ def test_same_time_takes_the_last_round_that_ended_within_backprops_time():
     assert summary["upload_ratio"] == 64 / 4000 and summary["peak_rss_ratio"] == 800.0 / 640.0
     assert score_within(forward, 2.9) == 0.02  # not even one round: the initial score
     assert "forward_only" in format_table(summary) and "replay exact: True" in format_table(summary)
+    backprop["model"] = forward["model"] = "tiny"
+    write_plot([backprop, forward], summary, tmp_path / "fo.png")
+    assert (tmp_path / "fo.png").stat().st_size > 1000

@@ -80,6 +80,28 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def write_plot(runs, summary: dict, path) -> None:
+    """Score against one site's cumulative training seconds, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for run in runs:
+        xs = [0.0] + [row["cumulative_seconds"] for row in run["rounds"]]
+        ys = [run["initial_score"]] + [row["score"] for row in run["rounds"]]
+        ax.plot(xs, ys, marker="o", label=f"{run['method']} ({run['peak_rss_mb']:.0f} MB peak RSS)")
+    ax.axvline(summary["time_budget_s"], color="grey", linestyle=":", label="backprop's time")
+    ax.set_xlabel("one site's training time (s)")
+    ax.set_ylabel(summary["score_key"])
+    ax.set_title(f"backprop LoRA vs forward-only ({runs[0]['model']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def run(args) -> int:
     from flaretune.bench.site_run import spawn
 
@@ -92,4 +114,5 @@ def run(args) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"summary": summary, "runs": [backprop, forward]}, indent=2) + "\n")
+        write_plot([backprop, forward], summary, Path(args.json).with_suffix(".png"))
     return 0
