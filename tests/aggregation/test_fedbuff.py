@@ -175,3 +175,14 @@ def test_fedbuff_controller_arguments_are_checked_and_exported_by_flares_job_api
     args = FedJobConfig(job_name="j", min_clients=2)._get_args(
         FedBuffController(num_updates=6, buffer_size=3, aggregator="fedadam", staleness="poly"), "")
     assert args == {"num_updates": 6, "buffer_size": 3, "aggregator": "fedadam", "staleness": "poly"}
+
+
+def test_fedbuff_core_and_sampling_import_neither_flare_nor_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, flaretune.aggregation.buffer, flaretune.aggregation.asyncrounds, "
+            "flaretune.aggregation.sampling; "
+            "print([m for m in sys.modules if m.split('.')[0] in ('nvflare', 'torch')])")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
