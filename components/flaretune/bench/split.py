@@ -42,7 +42,13 @@ def write_plot(report: dict, path) -> Path:
 
     split, lora = report["split"], report["federated_lora"]
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
-    for ax, (key, title, _) in zip(axes, ROWS):
+    rounds = list(range(1, len(split["per_round"]) + 1))
+    axes[0].plot(rounds, split["per_round"], "o-", color="tab:orange", label="split")
+    axes[0].plot(rounds, lora["per_round"], "s-", color="tab:blue", label="federated LoRA")
+    axes[0].axhline(report["centralized"]["test"], color="gray", ls="--", label="centralized LoRA")
+    axes[0].set(title="test entity F1 per round", xlabel="round", ylim=(0, 1), xticks=rounds)
+    axes[0].legend(fontsize=7)
+    for ax, (key, title, _) in zip(axes[1:], ROWS[1:]):
         values = [split[key], lora[key]]
         ax.bar(["split", "fed. LoRA"], values, color=["tab:orange", "tab:blue"])
         ax.set_title(title, fontsize=9)
@@ -56,6 +62,11 @@ def write_plot(report: dict, path) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def replot(report_json, png) -> Path:
+    """The plot again from a comparison's report.json."""
+    return write_plot(json.loads(Path(report_json).read_text()), png)
 
 
 def run(args) -> int:
