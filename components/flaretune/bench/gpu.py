@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--params", default="100M", help="state dict size for the quantization rows (dry run: 1M)")
     parser.add_argument("--no-bench-quantize", action="store_true", help="skip the 'flaretune bench quantize' run")
+    parser.add_argument("--quantize-timeout", type=float, default=240.0,
+                        help="seconds allowed to 'flaretune bench quantize' (default 240, to stay under 8 minutes)")
 
 
 def _sync(device):
@@ -202,13 +204,17 @@ def run(args) -> int:
         print(f"{row['impl']:<10}{row['type']:<11}" + (row.get("error") or
               f"q {row['quantize_mb_s']:.0f} MB/s, dq {row['dequantize_mb_s']:.0f} MB/s, err {row['max_rel_err']:.4f}"))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")  # kept if what follows runs out of time
     if not args.no_bench_quantize:
         target = Path(args.json).with_name(Path(args.json).stem + "_bench_quantize.json")
         command = [sys.executable, "-m", "flaretune.cli", "bench", "quantize", "--params", "1M" if args.dry_run
                    else args.params, "--container", "torch", "--repeat", "1" if args.dry_run else "3",
                    "--json", str(target)]
-        done = subprocess.run(command, timeout=300)
-        out["bench_quantize"] = {"command": " ".join(command[1:]), "rc": done.returncode, "json": str(target)}
+        try:
+            rc = subprocess.run(command, timeout=args.quantize_timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        out["bench_quantize"] = {"command": " ".join(command[1:]), "rc": rc, "json": str(target)}
     out["total_s"] = time.perf_counter() - started
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.json} ({out['total_s']:.0f} s)")

@@ -33,6 +33,7 @@ def summarize(runs) -> list:
         row = {"scenario": run["scenario"], "model": run["model"], "method": run["method"],
                "trainable_params": run["trainable_params"], "upload_bytes_per_round": run["upload_bytes_per_round"],
                "peak_rss_mb": round(run["peak_rss_mb"], 1),
+               "rss_after_build_mb": round(run["rss_after_build_mb"], 1),
                "train_peak_rss_mb": run["train_peak_rss_mb"] and round(run["train_peak_rss_mb"], 1),
                "seconds_per_round": round(run["seconds_per_round"], 2), "score_key": run["score_key"],
                "score": run["rounds"][-1]["score"], "initial_score": run["initial_score"]}
@@ -44,13 +45,15 @@ def summarize(runs) -> list:
 
 
 def format_table(rows) -> str:
-    lines = [f"{'scenario':<9}{'model':<15}{'method':<8}{'trainable':>10}{'peak RSS MB':>13}{'train RSS MB':>14}"
+    lines = [f"{'scenario':<9}{'model':<15}{'method':<8}{'trainable':>10}{'peak RSS MB':>13}{'built RSS MB':>14}"
+             f"{'train RSS MB':>14}"
              f"{'s/round':>9}{'score':>8}{'base linear MB':>16}"]
     for r in rows:
         base = f"{r['base_linear_bytes'] / 2**20:.1f}/{r['base_linear_fp32_bytes'] / 2**20:.1f}" \
             if "base_linear_bytes" in r else "fp32"
         lines.append(f"{r['scenario']:<9}{r['model']:<15}{r['method']:<8}{r['trainable_params']:>10}"
-                     f"{r['peak_rss_mb']:>13.1f}{(r['train_peak_rss_mb'] or float('nan')):>14.1f}"
+                     f"{r['peak_rss_mb']:>13.1f}{r['rss_after_build_mb']:>14.1f}"
+                     f"{(r['train_peak_rss_mb'] or float('nan')):>14.1f}"
                      f"{r['seconds_per_round']:>9.2f}{r['score']:>8.3f}{base:>16}")
     lines.append("score: entity F1 (ner) or accuracy (fin) after the last round; base linear MB: 4-bit packed / float32")
     return "\n".join(lines)

@@ -10,8 +10,9 @@ one site's model, as a site does). After every round the global adapter is score
 test records.
 
 Memory: ``peak_rss_mb`` is the process's ``ru_maxrss`` (building the model included: a QLoRA base is
-loaded in float32 before it is quantized); ``train_peak_rss_mb`` is Linux's VmHWM after it was reset
-(``/proc/self/clear_refs``) once the model was built, i.e. the peak while training and scoring.
+loaded in float32 before it is quantized); ``rss_after_build_mb`` the resident memory once the model is
+built and freed heap handed back (``malloc_trim``); ``train_peak_rss_mb`` Linux's VmHWM after it was reset
+(``/proc/self/clear_refs``) at that point, i.e. the peak while training and scoring.
 Seconds per round are one site's training time (the mean over sites), scoring excluded.
 """
 
@@ -53,6 +54,25 @@ def _vm_hwm_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _vm_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap back to the OS (glibc ``malloc_trim``), so a float32 base that a method dropped after
+    quantizing it no longer counts in the RSS that follows."""
+    import ctypes
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reset_peak() -> bool:
@@ -112,8 +132,9 @@ def main(argv=None) -> int:
     args = _arguments(argv)
     torch.set_num_threads(args.threads)
     trainer, sites, test, key = _trainer_and_data(args)
-    gc.collect()
     build_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    _release_freed_memory()
+    built_rss = _vm_rss_mb()
     reset = _reset_peak()
     strategy = make_strategy("fedavg")
     global_params = {k: v.numpy() for k, v in trainer.get_params().items()}
@@ -161,6 +182,7 @@ def main(argv=None) -> int:
         "method": args.method, "scenario": args.scenario, "model": trainer.spec.model_name, "args": vars(args),
         "score_key": key, "initial_score": initial, "trainable_params": trainer.trainable_count(), "adapter_bytes": adapter_bytes,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "build_rss_mb": build_rss,
+        "rss_after_build_mb": built_rss,
         "train_peak_rss_mb": _vm_hwm_mb() if reset else None,
         "seconds_per_round": sum(row["seconds"] for row in rows) / len(rows),
         "upload_bytes_per_round": rows[-1]["upload_bytes_per_site"], "rounds": rows,
