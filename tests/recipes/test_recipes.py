@@ -32,7 +32,7 @@ def _read(folder: Path, rel: str) -> dict:
 
 
 def test_every_job_folder_has_a_recipe_and_a_job_py():
-    assert JOB_FOLDERS == sorted(RECIPES) == ["clinical_ner", "fin_instruct", "model_push", "streamed_fedavg"]
+    assert JOB_FOLDERS == sorted(RECIPES) == ["clinical_ner", "fin_instruct", "model_push", "split_ner", "streamed_fedavg"]
     for job in JOB_FOLDERS:
         assert (JOBS / job / "job.py").is_file()
 

@@ -11,13 +11,14 @@ imported: they load on first use, so that importing this package (or the datacla
 import importlib
 
 _LAZY = {"FlaretuneRecipe": "base", "PeftRecipe": "peft", "ClinicalNerRecipe": "peft",
-         "FinInstructRecipe": "peft", "ModelPushRecipe": "streaming", "StreamedFedAvgRecipe": "streaming"}
+         "FinInstructRecipe": "peft", "ModelPushRecipe": "streaming", "StreamedFedAvgRecipe": "streaming",
+         "SplitNerRecipe": "split"}
 _ARGS = ["Rounds", "Buffered", "NerAdapter", "InstructAdapter", "NerTraining", "InstructTraining", "ModelPush",
          "PushReceiver", "StreamedRounds", "FullTraining", "ClientDP", "DPSGD", "SecureAggregation"]
 
 # job folder name -> recipe class name
 RECIPES = {"clinical_ner": "ClinicalNerRecipe", "fin_instruct": "FinInstructRecipe",
-           "model_push": "ModelPushRecipe", "streamed_fedavg": "StreamedFedAvgRecipe"}
+           "model_push": "ModelPushRecipe", "streamed_fedavg": "StreamedFedAvgRecipe", "split_ner": "SplitNerRecipe"}
 
 __all__ = list(_LAZY) + _ARGS + ["RECIPES", "recipe_class"]
 

@@ -45,6 +45,13 @@ OPTIONS = {
         "--model-dir": (("rounds", "model_dir"), str, "initial model folder (relative: under the server's workspace)"),
         "--rounds": (("rounds", "num_rounds"), positive_int, "rounds in all"),
     },
+    "split_ner": {
+        "--rounds": (("rounds", "num_rounds"), positive_int, "rounds in all"),
+        "--model": (("adapter", "model_name"), str, "base model, e.g. tiny-minilm-ner for a smoke test"),
+        "--max-steps": (("training", "max_steps"), int, "batches per round (0: one epoch)"),
+        "--data": (("training", "data_path"), str, "site data; '{site_name}' expands (default: synthetic sites)"),
+        "--sigma": (("rounds", "sigma"), float, "noise on the activations the sites send"),
+    },
 }
 
 
