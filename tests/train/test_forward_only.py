@@ -153,3 +153,5 @@ def test_the_method_trains_lora_forward_only_and_exchanges_lora(batch):
     assert set(trainer.get_params()) == set(lora.get_params(lora.build()))
     with pytest.raises(ConfigError, match="forward_only perturbations must be an int >= 1, got 0"):
         make_method("forward_only", spec, perturbations=0)
+    with pytest.raises(ConfigError, match="cannot apply the job's train step 'fedprox'; use method 'lora'"):
+        trainer.method_step(loop.FedProxStep(mu=0.1))

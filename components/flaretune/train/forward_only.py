@@ -129,6 +129,12 @@ class ForwardOnlyMethod(LoraMethod):
         ForwardOnlyStep(**self.options)  # validate now, at construction
 
     def step(self, step):
-        """The job's step only lends its round position; the update is always forward-only SGD."""
+        """The job's step only lends its round position; the update is always forward-only SGD. A job step
+        that changes the update (DP-SGD's clipping and noise, FedProx's proximal term) is refused rather than
+        dropped: a site must not train without the privacy the job asked for."""
+        name = getattr(step, "name", "backprop")
+        if name != "backprop":
+            raise ConfigError(f"method 'forward_only' trains with its own zeroth-order SGD and cannot apply the "
+                              f"job's train step {name!r}; use method 'lora' for {name}")
         return ForwardOnlyStep(seed=self.spec.seed, round_index=getattr(step, "round_index", 0),
                                num_rounds=getattr(step, "num_rounds", 1), **self.options)
