@@ -9,7 +9,8 @@ its epoch ends or fails) and the task's result stop the server waiting for that 
 carry on, and a round's average leaves out a site whose task failed.
 
 Client parts: FL-GLM averages them. Each site returns its bottom and top tensors (LoRA matrices of its
-edge blocks and the head) with its example count at the end of the round; the server averages them
+edge blocks and the head) with its example count at the end of the round, as a WEIGHTS DXO that the site's
+privacy filters check (:func:`flaretune.split.wire.weights`); the server averages them
 (FedAvg weights) and sends the mean with the next round's task. The union of the averaged client parts
 and the server's middle is the global adapter, saved by the job's :class:`PeftAdapterPersistor` each round
 (``global_model/round-NNN.safetensors``, the adapter folder at the end), so ``flaretune compare`` and
@@ -159,10 +160,10 @@ class SplitLearningController(Controller):
                 return
             sites = [c.name for c in fl_ctx.get_engine().get_clients()]
             self._batcher.begin(sites)
-            data = Shareable()
-            data.update({"round": round_number, "num_rounds": self.num_rounds, keys.MODEL_SPEC: self.spec.to_dict(),
-                         "bottom_layers": self.bottom_layers, "top_layers": self.top_layers, "sigma": self.sigma,
-                         "site_params": {k: np.asarray(v) for k, v in self._site_params.items()}})
+            data = wire.weights({k: np.asarray(v) for k, v in self._site_params.items()},
+                                {"round": round_number, "num_rounds": self.num_rounds,
+                                 keys.MODEL_SPEC: self.spec.to_dict(), "bottom_layers": self.bottom_layers,
+                                 "top_layers": self.top_layers, "sigma": self.sigma})
             results: Dict[str, Shareable] = {}
             task = Task(name=TRAIN_TASK, data=data, timeout=int(self.train_timeout),
                         result_received_cb=lambda client_task, fl_ctx: self._on_result(client_task, results))
@@ -170,7 +171,8 @@ class SplitLearningController(Controller):
             self.broadcast(task, fl_ctx, targets=None, min_responses=len(sites), wait_time_after_min_received=0)
             if not self._wait(task, sites, results, abort_signal, fl_ctx):
                 return
-            good = {s: r for s, r in results.items() if r.get_return_code(ReturnCode.OK) == ReturnCode.OK}
+            good = {s: wire.read_weights(r) for s, r in results.items()
+                    if r.get_return_code(ReturnCode.OK) == ReturnCode.OK}
             failed = sorted(set(sites) - set(good))
             if len(good) < self.min_clients:
                 self.system_panic(f"round {round_number + 1}/{self.num_rounds}: {len(good)} sites finished "

@@ -60,7 +60,7 @@ class SplitLearningExecutor(Executor):
             self.log_error(fl_ctx, f"unknown task {task_name!r}")
             return make_reply(ReturnCode.TASK_UNKNOWN)
         try:
-            return self._train_round(shareable, fl_ctx, abort_signal)
+            return self._train_round(wire.read_weights(shareable), fl_ctx, abort_signal)
         except FlaretuneError as err:
             self.log_error(fl_ctx, f"{task_name}: {err}")
             reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
@@ -70,7 +70,7 @@ class SplitLearningExecutor(Executor):
             self._send(wire.LEAVE, Shareable(), fl_ctx, timeout=10.0, check=False)
 
     # -- one round ------------------------------------------------------------------------------------
-    def _prepare(self, data: Shareable, fl_ctx: FLContext) -> None:
+    def _prepare(self, data: dict, fl_ctx: FLContext) -> None:
         from flaretune.data.site import load_site_ner_data
         from flaretune.models.lora import PeftSpec
         from flaretune.split.model import drop_middle
@@ -91,7 +91,7 @@ class SplitLearningExecutor(Executor):
         self.log_info(fl_ctx, f"{site}: {len(records.train)} train records from {records.source}; split "
                               f"{spec.model_name}, {trainer.trainable_count():,} trainable parameters at the site")
 
-    def _train_round(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+    def _train_round(self, data: dict, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         import torch
 
         from flaretune.models.lora import adapter_state
@@ -133,11 +133,8 @@ class SplitLearningExecutor(Executor):
         self.log_info(fl_ctx, f"{fl_ctx.get_identity_name()} round {round_number + 1}: {steps} split steps, loss "
                               f"{stats['train_loss']:.4f}, {stats['bytes_per_step'] / 1e3:.1f} kB and "
                               f"{stats['seconds_per_step']:.3f} s per step, peak RSS {stats['peak_rss_mb']:.0f} MiB")
-        reply = make_reply(ReturnCode.OK)
-        reply["site_params"] = {k: v.numpy() for k, v in adapter_state(model).items()}
-        reply["num_examples"] = len(self._train)
-        reply["stats"] = stats
-        return reply
+        return wire.weights({k: v.numpy() for k, v in adapter_state(model).items()},
+                            {"num_examples": len(self._train), "stats": stats})
 
     def _send(self, topic: str, message: Shareable, fl_ctx: FLContext, timeout: float = 0.0, check: bool = True):
         engine = fl_ctx.get_engine()

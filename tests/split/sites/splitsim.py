@@ -10,7 +10,9 @@ class FailingSplitExecutor(SplitLearningExecutor):
         self._round = -1
 
     def execute(self, task_name, shareable, fl_ctx, abort_signal):
-        self._round = int(shareable.get("round", -1))
+        from flaretune.split import wire
+
+        self._round = int(wire.read_weights(shareable)["round"])
         return super().execute(task_name, shareable, fl_ctx, abort_signal)
 
     def before_step(self, step, fl_ctx):
