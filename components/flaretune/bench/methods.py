@@ -152,6 +152,7 @@ def run(args) -> int:
         for file in args.reports:
             report = json.loads(Path(file).read_text())
             label = report.get("method", "lora") + (f"-{report['layers']}" if report.get("layers") else "")
+            label += f"@{report['learning_rate']:g}" if report.get("learning_rate") else ""
             rows.append(row(report, label))
     else:
         for text in [m for m in args.methods.split(",") if m.strip()]:
