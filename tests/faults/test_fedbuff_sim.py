@@ -15,7 +15,7 @@ UPDATES = 8
 LAG = 3  # tasks site-1 is sent while site-3 holds one
 
 
-def _job(out, record_dir) -> "Path":  # noqa: F821
+def _job(out, record_dir, **workflow_args) -> "Path":  # noqa: F821
     from flaretune.jobcfg import JobFolder
 
     folder = JobFolder(REPO / "jobs" / "clinical_ner")
@@ -23,7 +23,7 @@ def _job(out, record_dir) -> "Path":  # noqa: F821
     workflow = folder.workflow()
     workflow["path"] = FEDBUFF
     workflow["args"] = {"num_updates": UPDATES, "buffer_size": 2, "staleness": "sqrt", "aggregator": "fedadam",
-                        "server_lr": 0.02, "persistor_id": "persistor"}
+                        "server_lr": 0.02, "persistor_id": "persistor", **workflow_args}
     folder.set_quantization("none", ["train", "validate", "submit_model"])
     spec = folder.executor()
     spec["path"] = "faultsim.StragglerExecutor"
@@ -81,3 +81,25 @@ def test_the_model_trains(run):
     assert sorted(history["final"]) == ["site-1", "site-2", "site-3"]
     assert (run_dir / "global_model" / f"round-{UPDATES - 1:03d}.safetensors").is_file()
     assert f"server update {UPDATES}/{UPDATES}:" in log
+
+
+def test_a_fedbuff_job_resumes_from_its_checkpoint(run, tmp_path):
+    from flaretune.aggregation.checkpoint import Checkpoint
+    from flaretune.aggregation.rounds import MemoryStore, state_digest
+
+    first, _, _, run_dir = run
+    saved = Checkpoint(run_dir / "checkpoint").load(MemoryStore())
+    assert saved["round"] == UPDATES - 1 and saved["strategy"]["step"] == UPDATES
+    received = tmp_path / "received"
+    received.mkdir()
+    job = _job(tmp_path / "job", received, num_updates=UPDATES + 2, resume_from=str(run_dir / "checkpoint"))
+    returncode, resumed_dir, log, _ = simulate_faults(job, tmp_path, timeout=400)
+    assert returncode == 0, log[-3000:]
+    history = history_of(resumed_dir)
+    assert [r["round"] for r in history["rounds"]] == list(range(UPDATES + 2))
+    assert history["rounds"][:UPDATES] == first["rounds"]
+    (resumed,) = history["resumed"]
+    assert resumed["after_round"] == UPDATES - 1 and resumed["strategy_step"] == UPDATES  # FedAdam went on
+    assert resumed["strategy_sha256"] == state_digest(saved["strategy"])
+    # the first task of every site after the restart carried the checkpoint's model (update 8)
+    assert {r["round"] for site in ("site-1", "site-2", "site-3") for r in records(received, site)[:1]} == {UPDATES}
