@@ -172,3 +172,11 @@ def test_too_few_sites_left_stop_the_job_with_the_min_clients_message(tmp_path):
     model, history = _run(driver, tmp_path, 3, ClientSampling(min_clients=2), aggregator="fedavg")
     assert model is None and len(history["rounds"]) == 1
     assert driver.failed == "round 2/3: 1 result(s) accepted, 2 needed (min_clients); only 1 site(s) connected: site-1"
+
+
+def test_a_result_without_an_example_count_keeps_the_sites_last_known_one():
+    """Secure aggregation drops num_examples from each result: observing it must neither fail nor erase."""
+    strategy = make_strategy("fedavg")
+    strategy.observe({"site-1": 10, "site-2": 4})
+    strategy.observe({"site-1": None, "site-2": 6, "site-3": None})
+    assert strategy.num_examples == {"site-1": 10.0, "site-2": 6.0}

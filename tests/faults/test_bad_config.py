@@ -13,7 +13,7 @@ from flaretune.errors import ConfigError
     ({"learning_rate": -0.1}, "learning_rate must be a number > 0, got -0.1"),
     ({"learning_rate": "2e-3"}, "learning_rate must be a number > 0, got '2e-3'"),
     ({"learning_rate": 0}, "learning_rate must be a number > 0, got 0"),
-    ({"train_step": "sgd"}, "Invalid train_step 'sgd'; valid: backprop, fedprox, dpsgd"),
+    ({"train_step": "sgd"}, "Invalid train_step 'sgd'; valid: backprop, fedprox, dpsgd, forward_only"),
 ])
 def test_an_executor_refuses_a_bad_training_setting_at_construction(args, message):
     from flaretune.executors.peft_train import PeftTrainExecutor

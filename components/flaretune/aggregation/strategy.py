@@ -78,9 +78,12 @@ class Strategy(ABC):
         task meta they receive."""
         return self.sampling.select(clients, rng, self.num_examples), {}
 
-    def observe(self, num_examples: Mapping[str, float]) -> None:
-        """Remember the example counts of the results just accepted (``weighted`` sampling draws by them)."""
-        self.num_examples.update({site: float(n) for site, n in num_examples.items()})
+    def observe(self, num_examples: Mapping[str, Optional[float]]) -> None:
+        """Remember the example counts of the results just accepted (``weighted`` sampling draws by them).
+
+        A result without a count (secure aggregation drops it: the server learns only the sum) leaves its
+        site's last known count, or none, so ``weighted`` sampling treats it as a site not seen yet."""
+        self.num_examples.update({site: float(n) for site, n in num_examples.items() if n is not None})
 
     def validate(self, global_params: Params, params: Params, num_examples) -> Optional[str]:
         """A one-line reason to reject one result, or None (see :mod:`~flaretune.aggregation.validation`)."""

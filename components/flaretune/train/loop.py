@@ -232,3 +232,4 @@ def run(
 
 # steps defined in their own modules register themselves on import; a job names them in its JSON
 from flaretune.train import dp_sgd  # noqa: E402,F401  (DP-SGD, "dpsgd")
+from flaretune.train import forward_only  # noqa: E402,F401  (FwdLLM's forward-only step, "forward_only")
