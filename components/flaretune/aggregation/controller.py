@@ -36,7 +36,79 @@ from flaretune.aggregation.validation import ValidationPolicy
 from flaretune.errors import SITE_ERROR_HEADER, ConfigError, FlaretuneError
 
 
-class FedAggController(ModelController, RoundDriver):
+class AdapterJobController(ModelController):
+    """What the synchronous and the buffered controllers share: load the persistor's adapter, drive a loop
+    (:meth:`drive`), publish and checkpoint through it, resume from FLARE's snapshot or ``resume_from``, then
+    one ``validate`` of the final model on every connected site. A subclass keeps ``final_validation``,
+    ``validate_task_name`` and ``resume_from`` and sets ``_store``, ``_strategy``, ``_base_meta``, ``_restored``."""
+
+    def drive(self, global_params, history_path: Path, checkpoint: Checkpoint, resume):
+        """Run the job's loop from ``global_params``; ``(final parameters or None, history)``."""
+        raise NotImplementedError
+
+    def final_timeout(self) -> int:
+        """Seconds the final ``validate`` waits for the sites (0: no deadline)."""
+        return 0
+
+    # -- the loop's driver side, as FLARE provides it ---------------------------------------------
+    def publish(self, global_model, round_number, final) -> str:
+        meta = {**self._base_meta, keys.ROUND: round_number, keys.FINAL: final}
+        self.save_model(FLModel(params_type=ParamsType.FULL, params=global_model, meta=meta))
+        return str(round_file(self._global_dir(), round_number))
+
+    def aborted(self) -> bool:
+        return self.abort_signal.triggered
+
+    def warn(self, message: str) -> None:
+        self.warning(message)
+
+    def fail(self, message: str) -> None:
+        self.panic(message)
+
+    # -- FLARE ------------------------------------------------------------------------------------
+    def run(self):
+        model = self.load_model()
+        if model is None:
+            return
+        self._base_meta = dict(model.meta or {})
+        if keys.MODEL_SPEC not in self._base_meta:
+            self.panic("the persistor must be a flaretune PeftAdapterPersistor (no model spec in its meta)")
+            return
+        global_params = {k: np.asarray(v) for k, v in model.params.items()}
+        try:
+            resume = resume_point(self.engine.get_workspace().get_root_dir(), self._restored or self.resume_from,
+                                  self._store)
+            global_params, history = self.drive(global_params, self._global_dir() / HISTORY_FILE,
+                                                Checkpoint(Path(self.get_run_dir()) / CHECKPOINT_DIR), resume)
+        except FlaretuneError as err:
+            self.panic(str(err))
+            return
+        finally:
+            self.cancel_all_tasks()  # nothing still out (a straggler of FedBuff) is waited for
+        if global_params is None or not self.final_validation or self.abort_signal.triggered:
+            return
+        final_model = FLModel(params_type=ParamsType.FULL, params=global_params, meta=dict(self._base_meta))
+        alive = [c.name for c in self.engine.get_clients() if not self.get_client_disconnect_time(c.name)]
+        results = self.send_model_and_wait(task_name=self.validate_task_name, data=final_model, targets=alive,
+                                           timeout=self.final_timeout()) if alive else []
+        history["final"] = {_client_name(r): r.metrics or {} for r in results}
+        self.info(f"final global model on each site's test split: {summary(history['final'])}")
+        write_history(self._global_dir() / HISTORY_FILE, history)
+
+    def get_persist_state(self, fl_ctx) -> dict:
+        """For FLARE's job snapshot (where the server keeps one): the checkpoint folder to resume from."""
+        return {"checkpoint": str(Path(self.get_run_dir()) / CHECKPOINT_DIR)}
+
+    def restore(self, state_data: dict, fl_ctx) -> None:
+        self._restored = snapshot_folder(state_data)
+
+    def _global_dir(self) -> Path:
+        folder = Path(self.get_run_dir()) / GLOBAL_MODEL_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+
+class FedAggController(AdapterJobController, RoundDriver):
     """Rounds of train → validate → aggregate → persist → checkpoint, then one ``validate`` of the final model.
 
     Each result is weighted by the site's training example count (``meta["num_examples"]``). Results may
@@ -251,63 +323,13 @@ class FedAggController(ModelController, RoundDriver):
             late, self._late = self._late, []
         return {"late": late}
 
-    def publish(self, global_model, round_number, final) -> str:
-        meta = {**self._base_meta, keys.ROUND: round_number, keys.FINAL: final}
-        self.save_model(FLModel(params_type=ParamsType.FULL, params=global_model, meta=meta))
-        return str(round_file(self._global_dir(), round_number))
+    # -- AdapterJobController ---------------------------------------------------------------------
+    def drive(self, global_params, history_path, checkpoint, resume):
+        return run_rounds(self, self._store, self._strategy, RoundSettings(self.num_rounds, self.min_clients, self.seed),
+                          global_params, history_path, checkpoint, resume)
 
-    def aborted(self) -> bool:
-        return self.abort_signal.triggered
-
-    def warn(self, message: str) -> None:
-        self.warning(message)
-
-    def fail(self, message: str) -> None:
-        self.panic(message)
-
-    # -- FLARE ------------------------------------------------------------------------------------
-    def run(self):
-        model = self.load_model()
-        if model is None:
-            return
-        self._base_meta = dict(model.meta or {})
-        if keys.MODEL_SPEC not in self._base_meta:
-            self.panic("the persistor must be a flaretune PeftAdapterPersistor (no model spec in its meta)")
-            return
-        global_params = {k: np.asarray(v) for k, v in model.params.items()}
-        run_dir = Path(self.get_run_dir())
-        try:
-            resume = resume_point(self.engine.get_workspace().get_root_dir(), self._restored or self.resume_from,
-                                  self._store)
-            global_params, history = run_rounds(
-                self, self._store, self._strategy, RoundSettings(self.num_rounds, self.min_clients, self.seed),
-                global_params, self._global_dir() / HISTORY_FILE, Checkpoint(run_dir / CHECKPOINT_DIR), resume,
-            )
-        except FlaretuneError as err:
-            self.panic(str(err))
-            return
-        if global_params is None or not self.final_validation or self.abort_signal.triggered:
-            return
-        final_model = FLModel(params_type=ParamsType.FULL, params=global_params, meta=dict(self._base_meta))
-        alive = [s for s in self.available_clients() if not self.get_client_disconnect_time(s)]
-        results = self.send_model_and_wait(task_name=self.validate_task_name, data=final_model, targets=alive,
-                                           timeout=int(self.train_timeout)) if alive else []
-        history["final"] = {_client_name(r): r.metrics or {} for r in results}
-        self.info(f"final global model on each site's test split: {summary(history['final'])}")
-        write_history(self._global_dir() / HISTORY_FILE, history)
-
-    def get_persist_state(self, fl_ctx) -> dict:
-        """For FLARE's job snapshot (where the server keeps one): the checkpoint folder to resume from."""
-        return {"checkpoint": str(Path(self.get_run_dir()) / CHECKPOINT_DIR)}
-
-    def restore(self, state_data: dict, fl_ctx) -> None:
-        self._restored = snapshot_folder(state_data)
-
-    # -- helpers ----------------------------------------------------------------------------------
-    def _global_dir(self) -> Path:
-        folder = Path(self.get_run_dir()) / GLOBAL_MODEL_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+    def final_timeout(self) -> int:
+        return int(self.train_timeout)
 
     @staticmethod
     def _site_result(global_model, reply: FLModel) -> SiteResult:

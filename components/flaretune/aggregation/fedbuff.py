@@ -11,28 +11,22 @@ new tasks and nothing waits for it.
 
 import queue
 import threading
-from pathlib import Path
-from typing import Dict, Optional
-
-import numpy as np
+from typing import Dict
 
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
-from nvflare.app_common.workflows.model_controller import ModelController
 
 from flaretune import keys
 from flaretune.aggregation.asyncrounds import AsyncDriver, BufferSettings, run_buffered
 from flaretune.aggregation.buffer import staleness_weight
-from flaretune.aggregation.checkpoint import CHECKPOINT_DIR, Checkpoint, resume_point, snapshot_folder
-from flaretune.aggregation.controller import FedAggController, _client_name
-from flaretune.aggregation.persistor import GLOBAL_MODEL_DIR, round_file
-from flaretune.aggregation.rounds import HISTORY_FILE, MemoryStore, summary, write_history
+from flaretune.aggregation.controller import AdapterJobController, FedAggController, _client_name
+from flaretune.aggregation.rounds import MemoryStore
 from flaretune.aggregation.sampling import ClientSampling
 from flaretune.aggregation.strategy import make_strategy, strategy_kwargs
 from flaretune.aggregation.validation import ValidationPolicy
-from flaretune.errors import SITE_ERROR_HEADER, ConfigError, FlaretuneError
+from flaretune.errors import SITE_ERROR_HEADER, ConfigError
 
 
-class FedBuffController(ModelController, AsyncDriver):
+class FedBuffController(AdapterJobController, AsyncDriver):
     """Buffered asynchronous aggregation to ``num_updates`` server updates, then one ``validate`` of the model."""
 
     def __init__(
@@ -145,60 +139,8 @@ class FedBuffController(ModelController, AsyncDriver):
     def missing_reason(self, site: str) -> str:
         return self._errors.pop(site, "no result")
 
-    def publish(self, global_model, round_number, final) -> str:
-        meta = {**self._base_meta, keys.ROUND: round_number, keys.FINAL: final}
-        self.save_model(FLModel(params_type=ParamsType.FULL, params=global_model, meta=meta))
-        return str(round_file(self._global_dir(), round_number))
-
-    def aborted(self) -> bool:
-        return self.abort_signal.triggered
-
-    def warn(self, message: str) -> None:
-        self.warning(message)
-
-    def fail(self, message: str) -> None:
-        self.panic(message)
-
-    # -- FLARE ------------------------------------------------------------------------------------
-    def run(self):
-        model = self.load_model()
-        if model is None:
-            return
-        self._base_meta = dict(model.meta or {})
-        if keys.MODEL_SPEC not in self._base_meta:
-            self.panic("the persistor must be a flaretune PeftAdapterPersistor (no model spec in its meta)")
-            return
-        global_params = {k: np.asarray(v) for k, v in model.params.items()}
-        run_dir = Path(self.get_run_dir())
+    # -- AdapterJobController ---------------------------------------------------------------------
+    def drive(self, global_params, history_path, checkpoint, resume):
         settings = BufferSettings(self.num_updates, self.buffer_size, self._weight, self.staleness, self.seed)
-        try:
-            resume = resume_point(self.engine.get_workspace().get_root_dir(), self._restored or self.resume_from,
-                                  self._store)
-            global_params, history = run_buffered(
-                self, self._store, self._strategy, settings, global_params, self._global_dir() / HISTORY_FILE,
-                Checkpoint(run_dir / CHECKPOINT_DIR), resume)
-        except FlaretuneError as err:
-            self.panic(str(err))
-            return
-        finally:
-            self.cancel_all_tasks()  # the sites still training from an older model are not waited for
-        if global_params is None or not self.final_validation or self.abort_signal.triggered:
-            return
-        final_model = FLModel(params_type=ParamsType.FULL, params=global_params, meta=dict(self._base_meta))
-        alive = [c.name for c in self.engine.get_clients() if not self.get_client_disconnect_time(c.name)]
-        results = self.send_model_and_wait(task_name=self.validate_task_name, data=final_model,
-                                           targets=alive) if alive else []
-        history["final"] = {_client_name(r): r.metrics or {} for r in results}
-        self.info(f"final global model on each site's test split: {summary(history['final'])}")
-        write_history(self._global_dir() / HISTORY_FILE, history)
-
-    def get_persist_state(self, fl_ctx) -> dict:
-        return {"checkpoint": str(Path(self.get_run_dir()) / CHECKPOINT_DIR)}
-
-    def restore(self, state_data: dict, fl_ctx) -> None:
-        self._restored = snapshot_folder(state_data)
-
-    def _global_dir(self) -> Path:
-        folder = Path(self.get_run_dir()) / GLOBAL_MODEL_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        return run_buffered(self, self._store, self._strategy, settings, global_params, history_path, checkpoint,
+                            resume)
