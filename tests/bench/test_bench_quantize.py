@@ -53,3 +53,19 @@ def test_bench_writes_rows_table_and_plot(tmp_path, capsys):
     assert (tmp_path / "bq.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "flaretune" in printed and "targets" in printed and "% fp32" in printed
+
+
+@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")  # inside NVFlare's adaquant
+def test_entropy_row_beside_adaquant_with_its_targets(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "bq.json"
+    assert run(parser.parse_args(["--params", "1M", "--json", str(out), "--types", "entropy", "--repeat", "1"])) == 0
+    by = {(r["impl"], r["type"]): r for r in json.loads(out.read_text())}
+    ours, theirs = by["flaretune", "entropy"], by["nvflare", "adaquant"]
+    assert ours["max_rel_err"] <= 0.03 and ours["wire_pct"] < theirs["wire_pct"]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("entropy ")]
+    assert len(lines) == 2
+    assert f"wire {ours['wire_pct']:.3f}% of fp32 at max rel err {ours['max_rel_err']:.4f}" in lines[0]
+    assert "bytes met, error met, speed " in lines[0] and "vs NVFlare adaquant" in lines[0]
+    assert lines[1].startswith("  entropy    beats adaquant on every axis (bytes, error, quantize, dequantize): ")

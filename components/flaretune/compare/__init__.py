@@ -100,7 +100,7 @@ def register(subparsers) -> None:
     parser.add_argument("--aggregators", type=_aggregator_list,
                         help="comma-separated strategies to tabulate (aggregators.json, aggregators.png), e.g. "
                         "fedavg,fedprox,fedavgm,fedadagrad,fedadam,fedyogi")
-    parser.add_argument("--quantize", help="quantize both directions: none, float16, bfloat16, blockwise8, nf4, fp4 "
+    parser.add_argument("--quantize", help="quantize both directions: none, float16, bfloat16, blockwise8, nf4, fp4, entropy "
                         "(default: as the job folder says)")
     parser.add_argument("--style", help="synthetic data: clinical_ner notes (default) | templates; "
                         "fin_instruct messages (default, realistic) | templates")

@@ -47,11 +47,12 @@ class QuantizeFilter(DXOFilter):
     """Quantize WEIGHTS / WEIGHT_DIFF DXOs (torch tensors or numpy arrays) before they are sent.
 
     Args:
-        quantization_type: one of ``float16``, ``bfloat16``, ``blockwise8``, ``nf4``, ``fp4``
+        quantization_type: one of ``float16``, ``bfloat16``, ``blockwise8``, ``nf4``, ``fp4``, ``entropy``
             (NVFlare's ``normfloat4``/``float4`` are accepted as aliases).
         min_numel: tensors with fewer elements (biases, norms) pass through unquantized.
         log_bytes: log tensor bytes before/after for each round.
-        block_size: override the type's block size (blockwise8 4096, nf4/fp4 128); None keeps it.
+        block_size: override the type's block size (blockwise8 4096, nf4/fp4 128); None keeps it
+            (``entropy`` has no blocks and ignores it).
         pack_numel: tensors with fewer elements travel packed, one array per container and device
             (FOBS frames each array with ~200-280 B, a LoRA matrix is 3-20 KB quantized); larger
             ones keep their own array, where framing is under 0.05% and one array per message would

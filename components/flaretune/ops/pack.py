@@ -148,6 +148,13 @@ def _read_stats(meta: dict, qtype: str) -> dict:
     stats = {"qtype": qt.name}
     if qt.kind == "cast":
         return stats
+    if qt.kind == "entropy":
+        for field in ("nbytes", "escapes"):
+            value = meta.get(field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise PackError(f"field {field!r} must be an int >= 0, got {value!r}")
+            stats[field] = value
+        return stats
     block = meta.get("block")
     if isinstance(block, bool) or not isinstance(block, int) or block <= 0 or (qt.kind == "4bit" and block % 2):
         raise PackError(f"field 'block' must be a positive{' even' if qt.kind == '4bit' else ''} int, got {block!r}")

@@ -1,4 +1,4 @@
-"""Lossy tensor compression for model transfer: float16/bfloat16 casts, blockwise int8, NF4 and FP4.
+"""Lossy tensor compression for model transfer: float16/bfloat16 casts, blockwise int8, NF4, FP4, entropy.
 
 Pure tensor functions (no nvflare import): ``quantize(x, qtype) -> (payload, meta)`` and
 ``dequantize(payload, meta) -> x_hat``. ``x`` is a torch tensor (any device) or a numpy array; the
@@ -18,6 +18,21 @@ segments of one payload, which :mod:`flaretune.ops.pack` uses to send a LoRA ada
   each value becomes the nearest entry of a 16-value codebook scaled by the block's absmax. NF4 is
   the normal-quantile codebook of QLoRA (Dettmers et al. 2023, arXiv:2305.14314); FP4 is the
   e2m1 codebook bitsandbytes uses. The tables are copied from bitsandbytes so both agree.
+
+- ``entropy``: an error-bounded code for the wire, not a storage format. Each tensor (segment)
+  gets one step ``2 * 0.03 * max|x|`` (a hair less, for float32 rounding) and every value becomes
+  the nearest multiple of it, so ``|x - x_hat| <= 0.03 * max|x|`` exactly: the bound NVFlare's
+  ``adaquant`` reaches (0.029 in ``flaretune bench quantize``), not one per block. Codes in
+  [-7, 7] go two to a byte (``16 * hi + lo + 136``); code -8 marks an escape, whose position and
+  int8 code follow the bytes. That stream goes through zstd level 1, whose Huffman stage then
+  spends ~1-2 bits on the typical value (most codes of normal weights are 0 or +-1) and whose
+  matches cost little. uint8 payload ``[float32 step per segment | zstd frame]``; stats
+  ``{"nbytes", "escapes"}``. Decoding refuses a frame that does not inflate to exactly the codes
+  and escapes the sizes and ``escapes`` announce, escape positions that do not increase, and
+  steps that are negative or not finite. Runs on CPU (zstd); accelerator tensors go through host
+  memory. A tensor whose absmax is under ~1.7e-29 arrives as zeros. Uniform steps relative to the
+  tensor's largest value leave the many small values of a heavy-tailed tensor at 0 or +-1 step:
+  meant for messages (adapters, updates), not for storing a base model.
 
 4-bit block statistics are compressed (our "double quantization", cf. QLoRA section 3): each block
 absmax is stored as an 8-bit code on a log2 scale spanning the tensor's range (at most
@@ -67,6 +82,8 @@ _FP4 = tuple(sorted({s * v / 12.0 for v in (0.0, 0.0625, 2.0, 3.0, 4.0, 6.0, 8.0
 _LUT_CELLS = 4096  # 4-bit encoder grid over [-1, 1]
 _LOG_RANGE = 20.0  # octaves kept by the absmax code; smaller blocks round up to 2**-20 * max
 _CHUNK_ELEMS = 1 << 20  # elements per CPU work chunk (4 MiB of fp32 temporaries)
+_ZSTD_LEVEL = 1  # "entropy": level 1 is 5x faster than 3 and smaller on these codes (few long matches)
+_ENTROPY_TINY = 1e-30  # a tensor with absmax under ~1.7e-29 (step under this) travels as zeros
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,7 @@ class QuantType:
     block_size: int = 0
     codebook: Tuple[float, ...] = ()
     cast_dtype: Optional[torch.dtype] = None
+    error: float = 0.0  # "entropy": the bound on |x - x_hat| / max|x| of each tensor
 
     @property
     def max_rel_step(self) -> float:
@@ -85,6 +103,8 @@ class QuantType:
         if self.kind == "4bit":
             gaps = np.diff(self.codebook)
             return float(gaps.max()) / 2 + 1.0 / (_LUT_CELLS / 2 - 0.5)  # + one encoder cell
+        if self.kind == "entropy":
+            return self.error  # relative to the tensor's absmax, not a block's
         return torch.finfo(self.cast_dtype).eps / 2  # relative to |x| itself (round to nearest)
 
 
@@ -94,6 +114,7 @@ QUANTIZATION_TYPES: Dict[str, QuantType] = {
     "blockwise8": QuantType("blockwise8", "int8", block_size=4096),
     "nf4": QuantType("nf4", "4bit", block_size=128, codebook=_NF4),
     "fp4": QuantType("fp4", "4bit", block_size=128, codebook=_FP4),
+    "entropy": QuantType("entropy", "entropy", error=0.03),
 }
 # NVFlare ModelQuantizer spellings, so its users can switch without renaming.
 _ALIASES = {"normfloat4": "nf4", "float4": "fp4", "fp16": "float16", "bf16": "bfloat16"}
@@ -167,6 +188,10 @@ def encode_segments(flats: Sequence[torch.Tensor], qtype: str,
             out[offset:offset + f.numel()] = _cast(f, qt.cast_dtype)
             offset += f.numel()
         return out, {}
+    if qt.kind == "entropy":  # no blocks: one step per segment (block_size does not apply)
+        if not flats or any(f.numel() == 0 for f in flats):
+            raise ValueError("cannot quantize an empty tensor")
+        return _encode_entropy(flats, qt.error)
     bs = int(block_size or qt.block_size)
     if bs <= 0 or (qt.kind == "4bit" and bs % 2):
         raise ConfigError(f"block_size for {qt.name} must be a positive (even for 4-bit) int, got {bs}")
@@ -189,6 +214,8 @@ def decode_segments(buf: torch.Tensor, sizes: Sequence[int], meta: dict) -> List
         return list(torch.split(buf, list(sizes))) if len(sizes) > 1 else [buf]
     if qt.kind == "int8":
         return list(torch.split(_decode_int8(buf, sizes, meta["block"]), list(sizes)))
+    if qt.kind == "entropy":
+        return _decode_entropy(buf, sizes, meta)
     return _decode_4bit(buf, sizes, meta, qt)
 
 
@@ -197,6 +224,8 @@ def segments_nbytes(sizes: Sequence[int], meta: dict) -> int:
     qt = QUANTIZATION_TYPES[meta["qtype"]]
     if qt.kind == "cast":
         return 2 * sum(sizes)
+    if qt.kind == "entropy":  # variable length: the encoder records it
+        return meta["nbytes"]
     bs = meta["block"]
     n_blocks = sum(-(-n // bs) for n in sizes)
     return sum(sizes) + 2 * n_blocks if qt.kind == "int8" else n_blocks * bs // 2 + n_blocks
@@ -210,6 +239,8 @@ def error_bound(meta: dict) -> float:
     up: 2**-7; 8-bit log code: 2**step). Restoring a 16-bit dtype adds that dtype's rounding.
     """
     qt = QUANTIZATION_TYPES[meta["qtype"]]
+    if qt.kind == "entropy":
+        return qt.max_rel_step
     if qt.kind == "int8":
         return qt.max_rel_step * (1 + 2.0 ** -7)
     if qt.kind == "4bit":
@@ -408,6 +439,110 @@ def _decode_4bit(buf: torch.Tensor, sizes: Sequence[int], meta: dict, qt: QuantT
         segments.append(out[start:start + n])
         start += -(-n // bs) * bs
     return segments
+
+
+# --- entropy: error-bounded uniform code, two codes a byte, zstd -----------------------------
+
+
+def _encode_entropy(flats: Sequence[torch.Tensor], error: float) -> Tuple[torch.Tensor, dict]:
+    """``[float32 step per segment | zstd frame]`` and ``{"nbytes", "escapes"}``; see the module notes."""
+    import zstandard
+
+    device = flats[0].device
+    sizes = [f.numel() for f in flats]
+    padded = [n + n % 2 for n in sizes]  # a byte never holds codes of two segments
+    n_pairs = sum(padded) // 2
+    steps = torch.empty(len(flats), dtype=torch.float32)
+    pairs = torch.empty(n_pairs, dtype=torch.uint8)
+    esc_pos, esc_val = [], []
+    tmp = torch.empty(min(max(padded), _CHUNK_ELEMS))
+    start = 0  # element index of the segment's first code (padded layout)
+    for s, f in enumerate(flats):
+        f = f.detach().reshape(-1).to("cpu", torch.float32)
+        absmax = float(torch.maximum(f.amax(), f.amin().neg()))  # NaN propagates through both
+        if not math.isfinite(absmax):
+            raise ValueError("cannot quantize a tensor holding NaN or inf")
+        # |x - q * step| <= step / 2 (1 + 2**-22) <= error * absmax; the margin covers float32 rounding
+        step = 2.0 * error * absmax * (1.0 - 2.0 ** -16)
+        steps[s] = step
+        inv = 1.0 / float(steps[s]) if step >= _ENTROPY_TINY else 0.0  # below: the tensor becomes zeros
+        for i in range(0, padded[s], _CHUNK_ELEMS):
+            k = min(_CHUNK_ELEMS, padded[s] - i)
+            t = tmp[:k]
+            real = max(0, min(k, sizes[s] - i))
+            torch.mul(f[i:i + real], inv, out=t[:real]).round_()
+            t[real:].zero_()  # the pad code of an odd segment
+            far = t.abs() > 7  # +-8 and beyond do not fit a nibble: escapes, nibble 0 marks them
+            if bool(far.any()):
+                where = far.nonzero().view(-1)
+                esc_pos.append(where + (start + i))
+                esc_val.append(t[where].to(torch.int8))
+                t.masked_fill_(far, -8.0)
+            pair = t.view(-1, 2)
+            # (hi + 8) << 4 | (lo + 8) = 16 hi + lo + 136, exact in float32
+            torch.add(pair[:, 1], pair[:, 0], alpha=16, out=pair[:, 0]).add_(136.0)
+            pairs[(start + i) // 2:(start + i + k) // 2].copy_(pair[:, 0])
+        start += padded[s]
+    pos = torch.cat(esc_pos) if esc_pos else torch.empty(0, dtype=torch.int64)
+    val = torch.cat(esc_val) if esc_val else torch.empty(0, dtype=torch.int8)
+    width = torch.int32 if start <= 2 ** 31 else torch.int64
+    stream = torch.cat([pairs, pos.to(width).view(torch.uint8), val.view(torch.uint8)])
+    frame = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(stream.numpy())
+    out = torch.cat([steps.view(torch.uint8), torch.frombuffer(bytearray(frame), dtype=torch.uint8)])
+    return out.to(device), {"nbytes": int(out.numel()), "escapes": int(pos.numel())}
+
+
+def _decode_entropy(buf: torch.Tensor, sizes: Sequence[int], meta: dict) -> List[torch.Tensor]:
+    import zstandard
+
+    escapes = meta.get("escapes")
+    if isinstance(escapes, bool) or not isinstance(escapes, int) or escapes < 0:
+        raise ValueError(f"entropy payload: field 'escapes' must be an int >= 0, got {escapes!r}")
+    device, buf = buf.device, buf.reshape(-1).view(torch.uint8).cpu()
+    n_seg = len(sizes)
+    padded = [n + n % 2 for n in sizes]
+    total = sum(padded)
+    width = 4 if total <= 2 ** 31 else 8
+    if buf.numel() < 4 * n_seg:
+        raise ValueError(f"entropy payload: {buf.numel()} bytes cannot hold the steps of {n_seg} tensors")
+    steps = buf[:4 * n_seg].clone().view(torch.float32)
+    if not bool(torch.isfinite(steps).all()) or bool((steps < 0).any()):
+        raise ValueError("entropy payload: a tensor's step is negative or not finite")
+    expected = total // 2 + escapes * (width + 1)
+    try:
+        stream = zstandard.ZstdDecompressor().decompress(buf[4 * n_seg:].numpy(), max_output_size=expected)
+    except zstandard.ZstdError as err:
+        raise ValueError(f"entropy payload: the code stream does not decompress ({err})") from None
+    if len(stream) != expected:
+        raise ValueError(f"entropy payload: the code stream holds {len(stream)} bytes, {expected} expected "
+                         f"for {total} codes and {escapes} escapes")
+    raw = torch.frombuffer(bytearray(stream), dtype=torch.uint8)
+    pairs = raw[:total // 2]
+    pos = raw[total // 2:total // 2 + escapes * width].clone().view(torch.int32 if width == 4 else torch.int64)
+    val = raw[total // 2 + escapes * width:].view(torch.int8)
+    if escapes and (int(pos.min()) < 0 or int(pos.max()) >= total or bool((pos[1:] <= pos[:-1]).any())):
+        raise ValueError(f"entropy payload: escape positions must increase within [0, {total})")
+    codes = torch.empty(total, dtype=torch.float32)
+    table = _nibble_pairs()
+    for i in range(0, total // 2, _CHUNK_ELEMS):
+        c = pairs[i:i + _CHUNK_ELEMS]
+        torch.index_select(table, 0, c.to(torch.int32), out=codes[2 * i:2 * (i + c.numel())].view(-1, 2))
+    if escapes:
+        codes[pos.long()] = val.float()
+    out, start = [], 0
+    for s, n in enumerate(sizes):
+        seg = codes[start:start + n]
+        seg.mul_(steps[s])
+        out.append(seg.to(device))
+        start += padded[s]
+    return out
+
+
+@lru_cache(maxsize=1)
+def _nibble_pairs() -> torch.Tensor:
+    """byte -> its two codes, (hi - 8, lo - 8), as float32."""
+    b = torch.arange(256)
+    return torch.stack([b // 16 - 8, b % 16 - 8], dim=1).float()
 
 
 # --- containers ------------------------------------------------------------------------------

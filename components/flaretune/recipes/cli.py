@@ -31,7 +31,7 @@ _PEFT = {
     "--model": (("adapter", "model_name"), str, "base model, e.g. tiny-minilm-ner / tiny-smollm2 for a smoke test"),
     "--max-steps": (("training", "max_steps"), int, "local steps per round (0: local epochs)"),
     "--data": (("training", "data_path"), str, "site data; '{site_name}' expands (default: synthetic sites)"),
-    "--quantize": (("quantization", None), str, "float16, bfloat16, blockwise8, nf4, fp4 or none"),
+    "--quantize": (("quantization", None), str, "float16, bfloat16, blockwise8, nf4, fp4, entropy or none"),
 }
 FEDBUFF_JOBS = ("clinical_ner", "fin_instruct")
 OPTIONS = {

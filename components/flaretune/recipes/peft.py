@@ -39,7 +39,7 @@ class PeftRecipe(FlaretuneRecipe):
             (:class:`~flaretune.recipes.args.Buffered`).
         adapter: base model and LoRA of the global adapter.
         training: each site's local training.
-        quantization: ``float16``, ``bfloat16``, ``blockwise8``, ``nf4``, ``fp4`` both ways, or None / ``"none"``.
+        quantization: ``float16``, ``bfloat16``, ``blockwise8``, ``nf4``, ``fp4``, ``entropy`` both ways, or None / ``"none"``.
         keep_fraction: top-k sparsification of the sites' results (e.g. 0.1); None: off.
         client_dp: clip and noise every ``train`` result at the site (:class:`~flaretune.recipes.args.ClientDP`).
         dp_sgd: train with DP-SGD at every site within a budget (:class:`~flaretune.recipes.args.DPSGD`).
