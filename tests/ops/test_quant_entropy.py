@@ -23,6 +23,10 @@ def steps_of(payload, n_segments):
     return torch.as_tensor(payload)[:4 * n_segments].clone().view(torch.float32)
 
 
+def modes_of(payload, n_segments):
+    return torch.as_tensor(payload)[4 * n_segments:5 * n_segments].tolist()  # 0: two codes a byte, 1: one
+
+
 @pytest.mark.parametrize("x", [
     weights(100_000, outlier_every=997),
     torch.rand(50_001, generator=torch.Generator().manual_seed(2)) * 2 - 1,  # uniform: every code used
@@ -66,11 +70,24 @@ def test_size_is_near_the_entropy_of_the_codes():
     assert meta["nbytes"] == payload.numel()
 
 
+def test_uniform_values_go_a_byte_a_code_without_escapes():
+    """A LoRA A matrix starts uniform: most codes lie beyond [-7, 7], so escapes would cost 5 bytes each."""
+    x = torch.rand(60_000, generator=torch.Generator().manual_seed(12)) * 2 - 1
+    payload, meta = quantize(x, "entropy")
+    assert modes_of(payload, 1) == [1] and meta["escapes"] == 0
+    assert payload.numel() < 0.75 * x.numel()  # ~5.1 bits of entropy a code, under a byte
+    assert float((x - dequantize(payload, meta)).abs().max()) <= EPS * float(x.abs().max())
+    gauss, _ = quantize(weights(60_000, seed=12, outlier_every=10_000), "entropy")
+    assert modes_of(gauss, 1) == [0]
+
+
 def test_segments_keep_their_own_steps_and_odd_lengths():
-    xs = [weights(7, seed=6) * 100, weights(1, seed=7), weights(4096, seed=8, outlier_every=50), torch.zeros(3)]
+    xs = [weights(7, seed=6) * 100, weights(1, seed=7), weights(4096, seed=8, outlier_every=50), torch.zeros(3),
+          torch.rand(999, generator=torch.Generator().manual_seed(13)), weights(3001, seed=14, outlier_every=30)]
     payload, stats = encode_segments(xs, "entropy")
     back = decode_segments(payload, [x.numel() for x in xs], {"qtype": "entropy", **stats})
     steps = steps_of(payload, len(xs))
+    assert modes_of(payload, len(xs)) == [1, 1, 0, 0, 1, 0] and stats["escapes"] > 0  # escapes after byte segments
     for x, y, step in zip(xs, back, steps.tolist()):
         assert y.shape == x.shape
         assert float((x - y).abs().max()) <= EPS * float(x.abs().max())
@@ -118,6 +135,9 @@ def test_corrupt_payloads_fail_closed_with_one_line():
     refused(payload[:-10], meta, "^entropy payload: the code stream does not decompress")
     refused(payload, {**meta, "escapes": meta["escapes"] + 1}, "^entropy payload: the code stream holds")
     refused(payload, {**meta, "escapes": -1}, "field 'escapes' must be an int >= 0, got -1")
+    bad_mode = payload.clone()
+    bad_mode[4] = 7
+    refused(bad_mode, meta, "^entropy payload: a tensor's mode is not 0 .two codes a byte. or 1 .one.$")
     nan_step = payload.clone()
     nan_step[:4] = torch.tensor([math.nan], dtype=torch.float32).view(torch.uint8)
     refused(nan_step, meta, "step is negative or not finite")

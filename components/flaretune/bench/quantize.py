@@ -403,13 +403,13 @@ def format_targets(results: List[dict]) -> str:
                    f"{'met' if ours['max_rel_err'] <= 0.03 else 'MISSED'}, speed "
                    + (f"{speed:.1f}x {'met' if speed >= 10.0 else 'MISSED'}" if speed else "not measured (no adaquant row)"))
         if theirs:
-            better = [axis for axis, ok in (("bytes", ours["wire_pct"] < theirs["wire_pct"]),
+            lost = [axis for axis, ok in (("bytes", ours["wire_pct"] < theirs["wire_pct"]),
                                             ("error", ours["max_rel_err"] <= theirs["max_rel_err"]),
                                             ("quantize", ours["quantize_mb_s"] > theirs["quantize_mb_s"]),
                                             ("dequantize", ours["dequantize_mb_s"] > theirs["dequantize_mb_s"]))
                       if not ok]
-            out.append(f"  entropy    beats adaquant on every axis (bytes, error, quantize, dequantize): "
-                       + ("met" if not better else "MISSED on " + ", ".join(better)))
+            out.append("  entropy    beats adaquant on every axis (bytes, error, quantize, dequantize): "
+                       + ("met" if not lost else "MISSED on " + ", ".join(lost)))
     r = get("flaretune", "blockwise8")
     if r:
         ref = get("nvflare-cpu-patched", "blockwise8")

@@ -22,12 +22,14 @@ segments of one payload, which :mod:`flaretune.ops.pack` uses to send a LoRA ada
 - ``entropy``: an error-bounded code for the wire, not a storage format. Each tensor (segment)
   gets one step ``2 * 0.03 * max|x|`` (a hair less, for float32 rounding) and every value becomes
   the nearest multiple of it, so ``|x - x_hat| <= 0.03 * max|x|`` exactly: the bound NVFlare's
-  ``adaquant`` reaches (0.029 in ``flaretune bench quantize``), not one per block. Codes in
-  [-7, 7] go two to a byte (``16 * hi + lo + 136``); code -8 marks an escape, whose position and
-  int8 code follow the bytes. That stream goes through zstd level 1, whose Huffman stage then
-  spends ~1-2 bits on the typical value (most codes of normal weights are 0 or +-1) and whose
-  matches cost little. uint8 payload ``[float32 step per segment | zstd frame]``; stats
-  ``{"nbytes", "escapes"}``. Decoding refuses a frame that does not inflate to exactly the codes
+  ``adaquant`` reaches (0.029 in ``flaretune bench quantize``), not one per block. Codes lie in
+  [-17, 17]. A segment whose codes mostly lie in [-7, 7] (normal weights: most are 0 or +-1) goes
+  two codes a byte (``16 * hi + lo + 136``); its other codes are escapes, whose positions and int8
+  codes follow all segments' bytes (the nibble holds -8 or 7 and is overwritten on decoding). A
+  segment where more than 1 code in 64 would escape (LoRA's uniform A, norms near 1) goes one
+  int8 code a byte. That stream goes through zstd level 1, whose Huffman stage then spends about
+  the codes' entropy (~2 bits a normal weight). uint8 payload ``[float32 step | uint8 mode, per
+  segment | zstd frame]``; stats ``{"nbytes", "escapes"}``. Decoding refuses a frame that does not inflate to exactly the codes
   and escapes the sizes and ``escapes`` announce, escape positions that do not increase, and
   steps that are negative or not finite. Runs on CPU (zstd); accelerator tensors go through host
   memory. A tensor whose absmax is under ~1.7e-29 arrives as zeros. Uniform steps relative to the
@@ -84,6 +86,8 @@ _LOG_RANGE = 20.0  # octaves kept by the absmax code; smaller blocks round up to
 _CHUNK_ELEMS = 1 << 20  # elements per CPU work chunk (4 MiB of fp32 temporaries)
 _ZSTD_LEVEL = 1  # "entropy": level 1 is 5x faster than 3 and smaller on these codes (few long matches)
 _ENTROPY_TINY = 1e-30  # a tensor with absmax under ~1.7e-29 (step under this) travels as zeros
+_NIBBLE_MODE, _BYTE_MODE = 0, 1  # "entropy": two codes a byte (with escapes), or one
+_ESCAPE_LIMIT = 64  # more than 1 code in 64 beyond [-7, 7]: the segment goes a byte a code
 
 
 @dataclass(frozen=True)
@@ -445,51 +449,79 @@ def _decode_4bit(buf: torch.Tensor, sizes: Sequence[int], meta: dict, qt: QuantT
 
 
 def _encode_entropy(flats: Sequence[torch.Tensor], error: float) -> Tuple[torch.Tensor, dict]:
-    """``[float32 step per segment | zstd frame]`` and ``{"nbytes", "escapes"}``; see the module notes."""
+    """``[float32 step | uint8 mode, per segment | zstd frame]`` and ``{"nbytes", "escapes"}``."""
     import zstandard
 
     device = flats[0].device
-    sizes = [f.numel() for f in flats]
-    padded = [n + n % 2 for n in sizes]  # a byte never holds codes of two segments
-    n_pairs = sum(padded) // 2
     steps = torch.empty(len(flats), dtype=torch.float32)
-    pairs = torch.empty(n_pairs, dtype=torch.uint8)
-    esc_pos, esc_val = [], []
-    tmp = torch.empty(min(max(padded), _CHUNK_ELEMS))
-    start = 0  # element index of the segment's first code (padded layout)
+    modes = torch.empty(len(flats), dtype=torch.uint8)
+    parts, esc_pos, esc_val = [], [], []
+    tmp = torch.empty(min(max(f.numel() + 1 for f in flats), _CHUNK_ELEMS))
+    start = 0  # index of the segment's first code among all nibble-coded codes (each segment padded to even)
     for s, f in enumerate(flats):
         f = f.detach().reshape(-1).to("cpu", torch.float32)
         absmax = float(torch.maximum(f.amax(), f.amin().neg()))  # NaN propagates through both
         if not math.isfinite(absmax):
             raise ValueError("cannot quantize a tensor holding NaN or inf")
         # |x - q * step| <= step / 2 (1 + 2**-22) <= error * absmax; the margin covers float32 rounding
-        step = 2.0 * error * absmax * (1.0 - 2.0 ** -16)
-        steps[s] = step
-        inv = 1.0 / float(steps[s]) if step >= _ENTROPY_TINY else 0.0  # below: the tensor becomes zeros
-        for i in range(0, padded[s], _CHUNK_ELEMS):
-            k = min(_CHUNK_ELEMS, padded[s] - i)
-            t = tmp[:k]
-            real = max(0, min(k, sizes[s] - i))
-            torch.mul(f[i:i + real], inv, out=t[:real]).round_()
-            t[real:].zero_()  # the pad code of an odd segment
-            far = t.abs() > 7  # +-8 and beyond do not fit a nibble: escapes, nibble 0 marks them
-            if bool(far.any()):
-                where = far.nonzero().view(-1)
-                esc_pos.append(where + (start + i))
-                esc_val.append(t[where].to(torch.int8))
-                t.masked_fill_(far, -8.0)
-            pair = t.view(-1, 2)
-            # (hi + 8) << 4 | (lo + 8) = 16 hi + lo + 136, exact in float32
-            torch.add(pair[:, 1], pair[:, 0], alpha=16, out=pair[:, 0]).add_(136.0)
-            pairs[(start + i) // 2:(start + i + k) // 2].copy_(pair[:, 0])
-        start += padded[s]
+        steps[s] = 2.0 * error * absmax * (1.0 - 2.0 ** -16)
+        inv = 1.0 / float(steps[s]) if float(steps[s]) >= _ENTROPY_TINY else 0.0  # below: zeros
+        coded = _nibble_segment(f, inv, tmp, start)
+        if coded is None:  # codes beyond [-7, 7] are common here (uniform or offset values): a byte each
+            modes[s] = _BYTE_MODE
+            parts.append(_byte_segment(f, inv, tmp))
+        else:
+            modes[s] = _NIBBLE_MODE
+            parts.append(coded[0])
+            esc_pos += coded[1]
+            esc_val += coded[2]
+            start += f.numel() + f.numel() % 2
     pos = torch.cat(esc_pos) if esc_pos else torch.empty(0, dtype=torch.int64)
     val = torch.cat(esc_val) if esc_val else torch.empty(0, dtype=torch.int8)
     width = torch.int32 if start <= 2 ** 31 else torch.int64
-    stream = torch.cat([pairs, pos.to(width).view(torch.uint8), val.view(torch.uint8)])
+    stream = torch.cat(parts + [pos.to(width).view(torch.uint8), val.view(torch.uint8)])
     frame = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(stream.numpy())
-    out = torch.cat([steps.view(torch.uint8), torch.frombuffer(bytearray(frame), dtype=torch.uint8)])
+    out = torch.cat([steps.view(torch.uint8), modes, torch.frombuffer(bytearray(frame), dtype=torch.uint8)])
     return out.to(device), {"nbytes": int(out.numel()), "escapes": int(pos.numel())}
+
+
+def _nibble_segment(f: torch.Tensor, inv: float, tmp: torch.Tensor, start: int):
+    """(pair bytes, escape positions, escape codes) of one segment, or None when escapes would be common.
+
+    Decided on the first chunk (a segment is usually one): more than 1 in ``_ESCAPE_LIMIT`` codes
+    beyond [-7, 7] costs more as escapes (5 bytes) than a byte per code.
+    """
+    n = f.numel()
+    out = torch.empty((n + 1) // 2, dtype=torch.uint8)
+    half = torch.empty(min(tmp.numel(), n + 1) // 2)
+    positions, codes = [], []
+    for i in range(0, n, _CHUNK_ELEMS):  # _CHUNK_ELEMS is even: chunks start on a byte
+        real = min(_CHUNK_ELEMS, n - i)
+        k = real + real % 2
+        t = tmp[:k]
+        torch.mul(f[i:i + real], inv, out=t[:real]).round_()
+        t[real:].zero_()  # the pad code of an odd segment
+        lo, hi = torch.aminmax(t)
+        if float(lo) < -7 or float(hi) > 7:  # beyond a nibble: escapes (their nibble holds -8 or 7)
+            where = torch.logical_or(t > 7, t < -7).nonzero().view(-1)
+            if i == 0 and where.numel() * _ESCAPE_LIMIT > k:
+                return None
+            positions.append(where + (start + i))
+            codes.append(t[where].to(torch.int8))
+            t.clamp_(-8.0, 7.0)
+        pair = t.view(-1, 2)
+        # (hi + 8) << 4 | (lo + 8) = 16 hi + lo + 136, exact in float32
+        torch.add(pair[:, 1], pair[:, 0], alpha=16, out=half[:k // 2]).add_(136.0)
+        out[i // 2:(i + k) // 2].copy_(half[:k // 2])
+    return out, positions, codes
+
+
+def _byte_segment(f: torch.Tensor, inv: float, tmp: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(f.numel(), dtype=torch.int8)
+    for i in range(0, f.numel(), _CHUNK_ELEMS):
+        t = tmp[:min(_CHUNK_ELEMS, f.numel() - i)]
+        out[i:i + t.numel()].copy_(torch.mul(f[i:i + t.numel()], inv, out=t).round_())  # |code| <= 1 / (2 error)
+    return out.view(torch.uint8)
 
 
 def _decode_entropy(buf: torch.Tensor, sizes: Sequence[int], meta: dict) -> List[torch.Tensor]:
@@ -500,41 +532,48 @@ def _decode_entropy(buf: torch.Tensor, sizes: Sequence[int], meta: dict) -> List
         raise ValueError(f"entropy payload: field 'escapes' must be an int >= 0, got {escapes!r}")
     device, buf = buf.device, buf.reshape(-1).view(torch.uint8).cpu()
     n_seg = len(sizes)
-    padded = [n + n % 2 for n in sizes]
-    total = sum(padded)
-    width = 4 if total <= 2 ** 31 else 8
-    if buf.numel() < 4 * n_seg:
-        raise ValueError(f"entropy payload: {buf.numel()} bytes cannot hold the steps of {n_seg} tensors")
+    if buf.numel() < 5 * n_seg:
+        raise ValueError(f"entropy payload: {buf.numel()} bytes cannot hold the steps and modes of {n_seg} tensors")
     steps = buf[:4 * n_seg].clone().view(torch.float32)
+    modes = buf[4 * n_seg:5 * n_seg].tolist()
     if not bool(torch.isfinite(steps).all()) or bool((steps < 0).any()):
         raise ValueError("entropy payload: a tensor's step is negative or not finite")
-    expected = total // 2 + escapes * (width + 1)
+    if any(m not in (_NIBBLE_MODE, _BYTE_MODE) for m in modes):
+        raise ValueError(f"entropy payload: a tensor's mode is not {_NIBBLE_MODE} (two codes a byte) or "
+                         f"{_BYTE_MODE} (one)")
+    lengths = [n if m == _BYTE_MODE else (n + 1) // 2 for n, m in zip(sizes, modes)]
+    n_nibble = sum(n + n % 2 for n, m in zip(sizes, modes) if m == _NIBBLE_MODE)
+    width = 4 if n_nibble <= 2 ** 31 else 8
+    expected = sum(lengths) + escapes * (width + 1)
     try:
-        stream = zstandard.ZstdDecompressor().decompress(buf[4 * n_seg:].numpy(), max_output_size=expected)
+        stream = zstandard.ZstdDecompressor().decompress(buf[5 * n_seg:].numpy(), max_output_size=expected)
     except zstandard.ZstdError as err:
         raise ValueError(f"entropy payload: the code stream does not decompress ({err})") from None
     if len(stream) != expected:
         raise ValueError(f"entropy payload: the code stream holds {len(stream)} bytes, {expected} expected "
-                         f"for {total} codes and {escapes} escapes")
+                         f"for {sum(sizes)} codes and {escapes} escapes")
     raw = torch.frombuffer(bytearray(stream), dtype=torch.uint8)
-    pairs = raw[:total // 2]
-    pos = raw[total // 2:total // 2 + escapes * width].clone().view(torch.int32 if width == 4 else torch.int64)
-    val = raw[total // 2 + escapes * width:].view(torch.int8)
-    if escapes and (int(pos.min()) < 0 or int(pos.max()) >= total or bool((pos[1:] <= pos[:-1]).any())):
-        raise ValueError(f"entropy payload: escape positions must increase within [0, {total})")
-    codes = torch.empty(total, dtype=torch.float32)
+    body = sum(lengths)
+    pos = raw[body:body + escapes * width].clone().view(torch.int32 if width == 4 else torch.int64).long()
+    val = raw[body + escapes * width:].view(torch.int8).float()
+    if escapes and (int(pos.min()) < 0 or int(pos.max()) >= n_nibble or bool((pos[1:] <= pos[:-1]).any())):
+        raise ValueError(f"entropy payload: escape positions must increase within [0, {n_nibble})")
     table = _nibble_pairs()
-    for i in range(0, total // 2, _CHUNK_ELEMS):
-        c = pairs[i:i + _CHUNK_ELEMS]
-        torch.index_select(table, 0, c.to(torch.int32), out=codes[2 * i:2 * (i + c.numel())].view(-1, 2))
-    if escapes:
-        codes[pos.long()] = val.float()
-    out, start = [], 0
-    for s, n in enumerate(sizes):
-        seg = codes[start:start + n]
-        seg.mul_(steps[s])
-        out.append(seg.to(device))
-        start += padded[s]
+    out, offset, start, done = [], 0, 0, 0  # done: escapes applied so far
+    for n, mode, length, step in zip(sizes, modes, lengths, steps.tolist()):
+        data = raw[offset:offset + length]
+        offset += length
+        if mode == _BYTE_MODE:
+            out.append(data.view(torch.int8).float().mul_(step).to(device))
+            continue
+        codes = torch.empty(2 * length, dtype=torch.float32)
+        for i in range(0, length, _CHUNK_ELEMS):
+            c = data[i:i + _CHUNK_ELEMS]
+            torch.index_select(table, 0, c.to(torch.int32), out=codes[2 * i:2 * (i + c.numel())].view(-1, 2))
+        end = done + int(torch.searchsorted(pos[done:], start + 2 * length))
+        codes[pos[done:end] - start] = val[done:end]
+        done, start = end, start + 2 * length
+        out.append(codes[:n].mul_(step).to(device))
     return out
 
 
