@@ -20,10 +20,11 @@ segments of one payload, which :mod:`flaretune.ops.pack` uses to send a LoRA ada
   e2m1 codebook bitsandbytes uses. The tables are copied from bitsandbytes so both agree.
 
 - ``entropy``: an error-bounded code for the wire, not a storage format. Each tensor (segment)
-  gets one step ``2 * 0.03 * max|x|`` (a hair less, for float32 rounding) and every value becomes
-  the nearest multiple of it, so ``|x - x_hat| <= 0.03 * max|x|`` exactly: the bound NVFlare's
-  ``adaquant`` reaches (0.029 in ``flaretune bench quantize``), not one per block. Codes lie in
-  [-17, 17]. A segment whose codes mostly lie in [-7, 7] (normal weights: most are 0 or +-1) goes
+  gets one step ``2 * 0.025 * max|x|`` (a hair less, for float32 rounding) and every value becomes
+  the nearest multiple of it, so ``|x - x_hat| <= 0.025 * max|x|`` exactly: below the 0.029 NVFlare's
+  ``adaquant`` reaches in ``flaretune bench quantize`` (relative to the tensor's absmax as there), not
+  a bound per block. Codes lie in
+  [-20, 20]. A segment whose codes mostly lie in [-7, 7] (normal weights: most are 0 or +-1) goes
   two codes a byte (``16 * hi + lo + 136``); its other codes are escapes, whose positions and int8
   codes follow all segments' bytes (the nibble holds -8 or 7 and is overwritten on decoding). A
   segment where more than 1 code in 64 would escape (LoRA's uniform A, norms near 1) goes one
@@ -118,7 +119,7 @@ QUANTIZATION_TYPES: Dict[str, QuantType] = {
     "blockwise8": QuantType("blockwise8", "int8", block_size=4096),
     "nf4": QuantType("nf4", "4bit", block_size=128, codebook=_NF4),
     "fp4": QuantType("fp4", "4bit", block_size=128, codebook=_FP4),
-    "entropy": QuantType("entropy", "entropy", error=0.03),
+    "entropy": QuantType("entropy", "entropy", error=0.025),
 }
 # NVFlare ModelQuantizer spellings, so its users can switch without renaming.
 _ALIASES = {"normfloat4": "nf4", "float4": "fp4", "fp16": "float16", "bf16": "bfloat16"}
