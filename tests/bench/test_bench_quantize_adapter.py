@@ -99,3 +99,31 @@ def test_bench_adapter_writes_rows_table_and_plot(tmp_path, capsys):
     assert "unpacked % fp32" in printed and "nf4        packed 12.998% of fp32 (target <= 13.0%): met" in printed
     assert "blockwise8 packed 25.312% of fp32 (target <= 25.1%): MISSED; FLARE's empty message (340 B) plus the " \
            "bare codes alone are 25.108% of this adapter" in printed
+
+
+def test_trained_adapters_from_a_persistor_folder(tmp_path, capsys):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from flaretune.errors import ConfigError
+
+    gen = np.random.default_rng(0)
+    for r in range(2):
+        save_file({"a.lora_A.weight": gen.uniform(-0.05, 0.05, (8, 384)).astype(np.float32),
+                   "a.lora_B.weight": (gen.standard_normal((384, 8)) * 0.01 * (r + 1)).astype(np.float32)},
+                  str(tmp_path / f"round-{r:03d}.safetensors"))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "t.json"
+    args = parser.parse_args(["--adapter", "--trained", str(tmp_path), "--types", "nf4,entropy", "--json", str(out)])
+    assert run(args) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["file"], r["type"]) for r in rows] == [(f"round-00{i}.safetensors", t) for i in range(2)
+                                                      for t in ("nf4", "entropy")]
+    assert all(r["fp32_bytes"] == 2 * 8 * 384 * 4 for r in rows)
+    assert all(r["max_rel_err"] <= 0.025 for r in rows if r["type"] == "entropy")
+    assert (tmp_path / "t.png").stat().st_size > 5_000 and "round-001.safetensors" in capsys.readouterr().out
+    empty = tmp_path / "none"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="no round-\\*.safetensors there"):
+        run(parser.parse_args(["--adapter", "--trained", str(empty)]))

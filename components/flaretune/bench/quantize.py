@@ -77,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", action="store_true",
                         help="instead: the jobs' LoRA adapter messages, packed vs one array per tensor "
                              "(uses --types, --json, --plot, --seed; see flaretune.bench.quantize_adapter)")
+    parser.add_argument("--trained", metavar="DIR",
+                        help="--adapter: a job's saved global adapters (round-*.safetensors) instead of fresh ones")
     parser.add_argument("--container", choices=("numpy", "torch"), default="numpy",
                         help="--adapter tensors: numpy (as the executors send them) or torch")
 

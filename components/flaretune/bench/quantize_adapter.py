@@ -7,6 +7,8 @@ applied to its base model's config on the meta device, so no weights are loaded.
 PEFT: ``lora_A`` as PEFT initialises it (kaiming-uniform, bound 1/sqrt(fan_in)), ``lora_B``
 ~N(0, 0.005) (it starts at zero and grows with training), head weights and biases ~N(0, 0.02).
 The tensors are numpy float32 arrays, as the executors send them (``--container torch`` for torch).
+``--trained DIR`` measures instead the global adapters a job saved (``round-*.safetensors`` of its
+persistor, e.g. after ``flaretune compare``), packed, one row per file and type.
 
 For every type, :class:`QuantizeFilter` runs twice on the same WEIGHTS DXO: packed (the default)
 and ``pack_numel=0`` (one array per tensor, the earlier format). As in ``bench quantize``,
@@ -127,12 +129,84 @@ def _np(x):
     return x.float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
 
 
+def measure_trained(folder: str, types: List[str]) -> List[dict]:
+    """Packed rows for every ``round-*.safetensors`` a job's persistor wrote (its global adapters)."""
+    import numpy as np
+    from nvflare.apis.dxo import DXO, DataKind, from_shareable
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.fuel.utils import fobs
+    from safetensors.numpy import load_file
+
+    from flaretune.errors import ConfigError
+    from flaretune.filters.quantize import DequantizeFilter, QuantizeFilter
+    from flaretune.wire import register_decomposers
+
+    register_decomposers()
+    files = sorted(Path(folder).glob("round-*.safetensors"))
+    if not files:
+        raise ConfigError(f"--trained {folder}: no round-*.safetensors there (a job's global_model folder "
+                          f"holds them, e.g. <compare out>/workspace/server/simulate_job/global_model)")
+    rows = []
+    for path in files:
+        ref = {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
+        fp32 = sum(int(v.nbytes) for v in ref.values())
+        for qtype in types:
+            sent = QuantizeFilter(qtype, log_bytes=False).process(DXO(DataKind.WEIGHTS, dict(ref)).to_shareable(),
+                                                                  FLContext())
+            wire = fobs.dumps(sent)
+            back = from_shareable(DequantizeFilter(log_bytes=False).process(fobs.loads(wire), FLContext())).data
+            errs = [float(np.abs(_np(back[k]) - x).max() / np.abs(x).max()) for k, x in ref.items() if np.abs(x).max() > 0]
+            rows.append({"adapter": "trained", "file": path.name, "tensors": len(ref), "fp32_bytes": fp32,
+                         "type": qtype, "layout": "packed", "wire_bytes": len(wire),
+                         "wire_pct": round(100.0 * len(wire) / fp32, 3), "max_rel_err": max(errs)})
+    return rows
+
+
+def _run_trained(args, say) -> int:
+    rows = measure_trained(args.trained, args.types)
+    files = list(dict.fromkeys(r["file"] for r in rows))
+    say(f"trained adapters in {args.trained}: {len(files)} files, {rows[0]['tensors']} tensors, "
+        f"{rows[0]['fp32_bytes']:,} fp32 bytes each; packed messages, % of fp32 (max rel err)")
+    by = {(r["file"], r["type"]): r for r in rows}
+    say("  ".join(["file".ljust(22)] + [t.rjust(18) for t in args.types]))
+    for f in files:
+        say("  ".join([f.ljust(22)] + [f"{by[f, t]['wire_pct']:.3f} ({by[f, t]['max_rel_err']:.3f})".rjust(18)
+                                       for t in args.types]))
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(rows, indent=1))
+        say(f"rows written to {args.json_out}")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for t in args.types:
+        ax.plot(range(len(files)), [by[f, t]["wire_pct"] for f in files], marker="o", label=t)
+    ax.set_xticks(range(len(files)))
+    ax.set_xticklabels([f.split(".")[0] for f in files], rotation=45, fontsize=7)
+    ax.set_ylabel("wire bytes, % of fp32 (FOBS)")
+    ax.set_title(f"trained global adapters ({args.trained})", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plot_path = args.plot or (str(Path(args.json_out).with_suffix(".png")) if args.json_out
+                              else "bench_quantize_trained.png")
+    Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(plot_path, dpi=110)
+    plt.close(fig)
+    say(f"plot written to {plot_path}")
+    return 0
+
+
 def run(args) -> int:
     from nvflare.apis.dxo import DXO, DataKind
 
     from flaretune.wire import shareable_bytes
 
     say = lambda msg: print(msg, flush=True)  # noqa: E731
+    if getattr(args, "trained", None):
+        return _run_trained(args, say)
     envelope = shareable_bytes(DXO(DataKind.WEIGHTS, {}).to_shareable())
     results = []
     for adapter in ADAPTERS:
