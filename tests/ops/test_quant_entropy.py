@@ -133,8 +133,12 @@ def test_corrupt_payloads_fail_closed_with_one_line():
     flipped[40:60] ^= 0xFF  # inside the zstd frame
     refused(flipped, meta, "^entropy payload: ")
     refused(payload[:-10], meta, "^entropy payload: the code stream does not decompress")
-    refused(payload, {**meta, "escapes": meta["escapes"] + 1}, "^entropy payload: the code stream holds")
+    refused(payload, {**meta, "escapes": meta["escapes"] + 1}, "^entropy payload: the code stream declares")
     refused(payload, {**meta, "escapes": -1}, "field 'escapes' must be an int >= 0, got -1")
+    import zstandard
+    forged = torch.cat([payload[:5], torch.frombuffer(bytearray(zstandard.ZstdCompressor().compress(bytes(1 << 24))),
+                                                      dtype=torch.uint8)])
+    refused(forged, meta, "^entropy payload: the code stream declares 16777216 bytes, ")  # never allocated
     bad_mode = payload.clone()
     bad_mode[4] = 7
     refused(bad_mode, meta, "^entropy payload: a tensor's mode is not 0 .two codes a byte. or 1 .one.$")

@@ -30,9 +30,10 @@ segments of one payload, which :mod:`flaretune.ops.pack` uses to send a LoRA ada
   segment where more than 1 code in 64 would escape (LoRA's uniform A, norms near 1) goes one
   int8 code a byte. That stream goes through zstd level 1, whose Huffman stage then spends about
   the codes' entropy (~2 bits a normal weight). uint8 payload ``[float32 step | uint8 mode, per
-  segment | zstd frame]``; stats ``{"nbytes", "escapes"}``. Decoding refuses a frame that does not inflate to exactly the codes
-  and escapes the sizes and ``escapes`` announce, escape positions that do not increase, and
-  steps that are negative or not finite. Runs on CPU (zstd); accelerator tensors go through host
+  segment | zstd frame]``; stats ``{"nbytes", "escapes"}``. Decoding refuses a frame that does not
+  declare or inflate to exactly the codes and escapes the sizes and ``escapes`` announce, escape
+  positions that do not increase, modes other than these two, and steps that are negative or not
+  finite. Runs on CPU (zstd); accelerator tensors go through host
   memory. A tensor whose absmax is under ~1.7e-29 arrives as zeros. Uniform steps relative to the
   tensor's largest value leave the many small values of a heavy-tailed tensor at 0 or +-1 step:
   meant for messages (adapters, updates), not for storing a base model.
@@ -546,8 +547,13 @@ def _decode_entropy(buf: torch.Tensor, sizes: Sequence[int], meta: dict) -> List
     n_nibble = sum(n + n % 2 for n, m in zip(sizes, modes) if m == _NIBBLE_MODE)
     width = 4 if n_nibble <= 2 ** 31 else 8
     expected = sum(lengths) + escapes * (width + 1)
-    try:
-        stream = zstandard.ZstdDecompressor().decompress(buf[5 * n_seg:].numpy(), max_output_size=expected)
+    frame = buf[5 * n_seg:].numpy()
+    try:  # the frame's own size field first: a forged one must not make us allocate it
+        declared = zstandard.frame_content_size(frame)
+        if declared not in (expected, -1):
+            raise ValueError(f"entropy payload: the code stream declares {declared} bytes, {expected} expected "
+                             f"for {sum(sizes)} codes and {escapes} escapes")
+        stream = zstandard.ZstdDecompressor().decompress(frame, max_output_size=expected)
     except zstandard.ZstdError as err:
         raise ValueError(f"entropy payload: the code stream does not decompress ({err})") from None
     if len(stream) != expected:
