@@ -17,7 +17,7 @@ CASES = [
      "flaretune bench stream: argument --baseline-size-gb: expected a number >= 0, got '-1'"),
     (["bench", "quantize", "--types", "nf5"],
      "flaretune bench quantize: argument --types: Invalid quantization_type 'nf5' for --types; "
-     "valid: float16, bfloat16, blockwise8, nf4, fp4"),
+     "valid: float16, bfloat16, blockwise8, nf4, fp4, entropy"),
     (["bench", "quantize", "--params", "5k"],
      "flaretune bench quantize: argument --params: at least 10k parameters, got '5k'"),
     (["bench", "quantize", "--repeat", "0"],

@@ -41,7 +41,7 @@ def test_an_unknown_quantization_type_is_refused_at_construction():
 
     with pytest.raises(ConfigError) as err:
         QuantizeFilter(quantization_type="nf5")
-    assert str(err.value) == "Invalid quantization_type 'nf5' for QuantizeFilter; valid: float16, bfloat16, blockwise8, nf4, fp4"
+    assert str(err.value) == "Invalid quantization_type 'nf5' for QuantizeFilter; valid: float16, bfloat16, blockwise8, nf4, fp4, entropy"
 
 
 @pytest.mark.integration
