@@ -91,11 +91,9 @@ def build_adapter(adapter: str, seed: int = 0, container: str = "numpy") -> dict
 def measure(adapter: str, types: List[str], seed: int = 0, container: str = "numpy") -> List[dict]:
     """One row per (type, layout), plus the fp32 message itself."""
     import numpy as np
-    from nvflare.apis.dxo import DXO, DataKind, from_shareable
-    from nvflare.apis.fl_context import FLContext
+    from nvflare.apis.dxo import DXO, DataKind
     from nvflare.fuel.utils import fobs
 
-    from flaretune.filters.quantize import DequantizeFilter, QuantizeFilter
     from flaretune.wire import register_decomposers
 
     register_decomposers()
@@ -113,13 +111,23 @@ def measure(adapter: str, types: List[str], seed: int = 0, container: str = "num
     rows = [row("fp32", "none", len(fobs.dumps(DXO(DataKind.WEIGHTS, dict(ref)).to_shareable())), len(ref), ref)]
     for qtype in types:
         for layout, pack_numel in (("unpacked", 0), ("packed", 1 << 20)):
-            sent = QuantizeFilter(qtype, log_bytes=False, pack_numel=pack_numel).process(
-                DXO(DataKind.WEIGHTS, dict(ref)).to_shareable(), FLContext())
-            wire = fobs.dumps(sent)
-            arrays = len(from_shareable(sent).data)
-            back = from_shareable(DequantizeFilter(log_bytes=False).process(fobs.loads(wire), FLContext())).data
-            rows.append(row(qtype, layout, len(wire), arrays, back))
+            rows.append(row(qtype, layout, *_round_trip(ref, qtype, pack_numel)))
     return rows
+
+
+def _round_trip(ref: dict, qtype: str, pack_numel: int = 1 << 20):
+    """(FOBS bytes, arrays sent, restored tensors) of ``ref`` through QuantizeFilter and DequantizeFilter."""
+    from nvflare.apis.dxo import DXO, DataKind, from_shareable
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.fuel.utils import fobs
+
+    from flaretune.filters.quantize import DequantizeFilter, QuantizeFilter
+
+    sent = QuantizeFilter(qtype, log_bytes=False, pack_numel=pack_numel).process(
+        DXO(DataKind.WEIGHTS, dict(ref)).to_shareable(), FLContext())
+    wire = fobs.dumps(sent)
+    back = from_shareable(DequantizeFilter(log_bytes=False).process(fobs.loads(wire), FLContext())).data
+    return len(wire), len(from_shareable(sent).data), back
 
 
 def _np(x):
@@ -132,13 +140,9 @@ def _np(x):
 def measure_trained(folder: str, types: List[str]) -> List[dict]:
     """Packed rows for every ``round-*.safetensors`` a job's persistor wrote (its global adapters)."""
     import numpy as np
-    from nvflare.apis.dxo import DXO, DataKind, from_shareable
-    from nvflare.apis.fl_context import FLContext
-    from nvflare.fuel.utils import fobs
     from safetensors.numpy import load_file
 
     from flaretune.errors import ConfigError
-    from flaretune.filters.quantize import DequantizeFilter, QuantizeFilter
     from flaretune.wire import register_decomposers
 
     register_decomposers()
@@ -151,14 +155,11 @@ def measure_trained(folder: str, types: List[str]) -> List[dict]:
         ref = {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
         fp32 = sum(int(v.nbytes) for v in ref.values())
         for qtype in types:
-            sent = QuantizeFilter(qtype, log_bytes=False).process(DXO(DataKind.WEIGHTS, dict(ref)).to_shareable(),
-                                                                  FLContext())
-            wire = fobs.dumps(sent)
-            back = from_shareable(DequantizeFilter(log_bytes=False).process(fobs.loads(wire), FLContext())).data
+            wire, _, back = _round_trip(ref, qtype)
             errs = [float(np.abs(_np(back[k]) - x).max() / np.abs(x).max()) for k, x in ref.items() if np.abs(x).max() > 0]
             rows.append({"adapter": "trained", "file": path.name, "tensors": len(ref), "fp32_bytes": fp32,
-                         "type": qtype, "layout": "packed", "wire_bytes": len(wire),
-                         "wire_pct": round(100.0 * len(wire) / fp32, 3), "max_rel_err": max(errs)})
+                         "type": qtype, "layout": "packed", "wire_bytes": wire,
+                         "wire_pct": round(100.0 * wire / fp32, 3), "max_rel_err": max(errs)})
     return rows
 
 
