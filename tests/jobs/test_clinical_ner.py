@@ -46,6 +46,26 @@ def test_rounds_are_aggregated_and_persisted(simulated):
     assert (simulated / "global_model" / "round-001.safetensors").exists()
 
 
+def test_each_round_splits_into_the_sites_work_and_flare_overhead(simulated):
+    """The sites' timing metrics travel through FLARE and lie inside their round: the breakdown adds up."""
+    from flaretune.bench.overhead import PARTS, job_breakdown
+    from flaretune.train.flow import TASK_RECEIVED_AT, WORK_ENDED_AT, WORK_STARTED_AT
+
+    history = json.loads((simulated / "global_model" / "history.json").read_text())
+    for record in history["rounds"]:
+        for client in record["sites"].values():
+            m = client["metrics"]
+            assert record["started_at"] < m[TASK_RECEIVED_AT] <= m[WORK_STARTED_AT] < m[WORK_ENDED_AT] \
+                <= record["results_at"] <= record["started_at"] + record["seconds"]
+            assert m["work_seconds"] == pytest.approx(m[WORK_ENDED_AT] - m[WORK_STARTED_AT])
+    breakdown = job_breakdown(history)
+    assert breakdown["timed_rounds"] == 2
+    for row in breakdown["rounds"]:
+        assert sum(row[p] for p in PARTS) == pytest.approx(row["span"], abs=1e-3)
+        assert all(row[p] >= -1e-6 for p in PARTS)
+        assert 0.0 < row["overhead_fraction"] < 1.0
+
+
 def test_the_last_round_is_checkpointed(simulated):
     from safetensors.numpy import load_file
 

@@ -10,7 +10,8 @@ model, the strategy's state, the sampling RNG and the history, so a job started 
 
 ``history.json`` (one schema for every workflow)::
 
-    {"strategy": "fedadam", "rounds": [{"round": 0, "seconds": 12.3, "global_model": "...",
+    {"strategy": "fedadam", "rounds": [{"round": 0, "seconds": 12.3, "started_at": 1796000000.0,
+      "results_at": 1796000011.9, "global_model": "...",
       "selected": ["site-1", "site-3"],
       "sites": {"site-1": {"num_examples": 300, "metrics": {...}, "upload_param_bytes": 163764}},
       "rejected": {"site-3": "tensor 'x' has 1 non-finite value(s) (NaN or Inf)"}, "missing": [],
@@ -225,6 +226,7 @@ def run_rounds(
                     + ("" if len(selected) == len(available) else
                        f" of {len(available)} available: {', '.join(selected)}"))
         results = driver.train(r, selected, global_model, meta)
+        results_at = time.time()
         if driver.aborted():
             return None, history
         new_model, accepted, rejected = store.aggregate(strategy, global_model, results, r)
@@ -247,6 +249,8 @@ def run_rounds(
         record = {
             "round": r,
             "seconds": round(time.time() - started, 2),
+            "started_at": started,  # wall clock; with results_at and the sites' timing metrics this splits
+            "results_at": results_at,  # the round (flaretune.bench.overhead)
             "global_model": location,
             "selected": list(selected),
             "sites": {site: results[site].record() for site in accepted},

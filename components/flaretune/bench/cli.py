@@ -14,6 +14,7 @@ _BENCHMARKS = {
     "methods": ("flaretune.bench.methods", "client methods side by side: upload, parameters, peak RSS, s/round, score"),
     "forward-only": ("flaretune.bench.forward_only", "backprop LoRA vs forward-only LoRA (FwdLLM): memory, time, score"),
     "qlora": ("flaretune.bench.qlora", "LoRA on the fp32 base vs QLoRA (nf4 + double quantization), both scenarios"),
+    "overhead": ("flaretune.bench.overhead", "FLARE overhead per round: a round minus the sites' training and evaluation"),
     "gpu": ("flaretune.bench.gpu", "the one prepared GPU check: QLoRA on SmolLM2 and quantization on CUDA"),
 }
 

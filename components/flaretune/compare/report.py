@@ -38,7 +38,10 @@ def summary_lines(report: dict) -> list:
         + (f"masked {report['secure_aggregation']['modulus_bits']}-bit fixed point up, quantization "
            f"{report['quantization']} down)" if report.get("secure_aggregation") else
            f"quantization {report['quantization']})"),
-        f"wall time {report['wall_s']:.0f}s",
+        f"wall time {report['wall_s']:.0f}s"
+        + (f"; FLARE overhead {report['flare_overhead']:.1%} of the federated rounds' time (not the sites' "
+           f"training and evaluation; flaretune bench overhead splits it)"
+           if report.get("flare_overhead") is not None else ""),
     ]
     if report.get("method"):
         rss, per_round = report.get("peak_rss_mb"), report.get("seconds_per_round")

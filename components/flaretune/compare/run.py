@@ -142,15 +142,24 @@ def _label_mix(records) -> str:
     return " (" + ", ".join(f"{k} {v / len(outputs):.0%}" for k, v in sorted(counts.items())) + ")"
 
 
-def federated(run: Run, folder: Path, step: str, workflow: Optional[dict] = None) -> dict:
-    """The job folder in the FLARE simulator under ``folder``; every round's global model scored on the test set.
+@dataclass
+class FederatedJob:
+    """The job folder a comparison runs (:func:`write_federated_job`) and what it was configured with."""
 
-    ``workflow`` overrides the controller's arguments (``aggregator``, ``server_lr``, ``fedprox_mu`` ...)."""
-    from safetensors.numpy import load_file
+    path: Path
+    job: JobFolder
+    quantization: Optional[str]
+    dp: Optional[dict]
+    secagg: Optional[dict]
 
-    from flaretune.simulate import run_simulator
-    from flaretune.wire import update_wire_bytes
 
+def write_federated_job(run: Run, folder: Path, workflow: Optional[dict] = None,
+                        executor_args: Optional[dict] = None) -> FederatedJob:
+    """The job folder with the comparison's sites, rounds, data, seed and options, written under ``folder``;
+    the same folder runs in the simulator (:func:`federated`) or in POC (``flaretune bench overhead``).
+
+    ``workflow`` overrides the controller's arguments (``aggregator``, ``server_lr``, ``fedprox_mu`` ...),
+    ``executor_args`` the sites' (``max_steps`` ...)."""
     options, job = run.options, JobFolder(run.job.path)  # a fresh copy: each federated run edits its own
     job.set_rounds(run.rounds)
     job.set_sites(options.sites)
@@ -163,7 +172,7 @@ def federated(run: Run, folder: Path, step: str, workflow: Optional[dict] = None
     if options.learning_rate:
         ex["learning_rate"] = options.learning_rate
     ex.update({"data_path": str(run.data.root / "{site_name}"), "seed": options.seed,
-               "num_threads": max(1, (os.cpu_count() or 2) // options.sites)})
+               "num_threads": max(1, (os.cpu_count() or 2) // options.sites), **(executor_args or {})})
     job.workflow_args.update(workflow or {})
     if options.quantize is not None:
         job.set_quantization(options.quantize, TASKS)
@@ -173,9 +182,20 @@ def federated(run: Run, folder: Path, step: str, workflow: Optional[dict] = None
         from flaretune.aggregation.secagg import enable_secure_aggregation
 
         secagg = enable_secure_aggregation(job, ["train"])
-    quantization = job.quantization()
     folder.mkdir(parents=True, exist_ok=True)
-    run_job = job.write(folder / "job")
+    return FederatedJob(job.write(folder / "job"), job, job.quantization(), dp, secagg)
+
+
+def federated(run: Run, folder: Path, step: str, workflow: Optional[dict] = None) -> dict:
+    """The job folder in the FLARE simulator under ``folder``; every round's global model scored on the test set."""
+    from safetensors.numpy import load_file
+
+    from flaretune.simulate import run_simulator
+    from flaretune.wire import update_wire_bytes
+
+    written = write_federated_job(run, folder, workflow)
+    job, run_job, quantization, dp, secagg = written.job, written.path, written.quantization, written.dp, written.secagg
+    options = run.options
     budget = (f"{run.hp['max_steps']} local steps" if run.hp["max_steps"] else
               f"{run.hp['epochs_per_round']:g} local epochs")
     name = job.workflow_args.get("aggregator", "fedavg")
@@ -215,14 +235,19 @@ def federated(run: Run, folder: Path, step: str, workflow: Optional[dict] = None
 
 def site_costs(history_file: Path) -> dict:
     """``peak_rss_mb``: the largest peak RSS any site process reported (``history.json``'s round metrics);
-    ``seconds_per_round``: the mean of the rounds' seconds (send, train at the sites, aggregate)."""
+    ``seconds_per_round``: the mean of the rounds' seconds (send, train at the sites, aggregate);
+    ``flare_overhead``: the share of the rounds' time that was not the sites' evaluation and training
+    (:mod:`flaretune.bench.overhead`; ``None`` when the sites sent no timing, e.g. under a DP filter)."""
     history = json.loads(history_file.read_text()) if history_file.is_file() else {}
     rounds = history.get("rounds", [])
     peaks = [float(site["metrics"]["peak_rss_mb"]) for r in rounds for site in r.get("sites", {}).values()
              if "peak_rss_mb" in (site.get("metrics") or {})]
     seconds = [float(r["seconds"]) for r in rounds if "seconds" in r]
+    from flaretune.bench.overhead import overhead_of
+
     return {"peak_rss_mb": max(peaks) if peaks else None,
-            "seconds_per_round": round(sum(seconds) / len(seconds), 2) if seconds else None}
+            "seconds_per_round": round(sum(seconds) / len(seconds), 2) if seconds else None,
+            "flare_overhead": overhead_of(history_file)}
 
 
 def _secagg_wire_bytes(adapter: dict, secagg: dict, global_dir: Path) -> int:
@@ -353,6 +378,7 @@ def build_report(run: Run, fed: dict, base: dict, wall_s: float) -> dict:
         "trainable_params": run.evaluator.trainable_count(),
         "peak_rss_mb": fed.get("peak_rss_mb"),
         "seconds_per_round": fed.get("seconds_per_round"),
+        "flare_overhead": fed.get("flare_overhead"),
         "learning_rate": run.hp["lr"],
     }
     if "macro_f1" in report["centralized"]:

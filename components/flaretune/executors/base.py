@@ -11,6 +11,7 @@ itself is :func:`flaretune.train.flow.local_round`, the same for every executor.
 """
 
 import os
+import time
 from typing import Optional
 
 import numpy as np
@@ -29,7 +30,7 @@ from flaretune.data.site import DATA_DIR_ENV
 from flaretune.errors import SITE_ERROR_HEADER, ConfigError, FlaretuneError
 from flaretune.models.lora import PeftSpec
 from flaretune.paths import resolve_site_dir
-from flaretune.train.flow import LocalTraining, headline, local_round, peak_rss_mb, round_line
+from flaretune.train.flow import TIMESTAMPS, LocalTraining, headline, local_round, peak_rss_mb, round_line
 
 PEAK_RSS_MB = "peak_rss_mb"  # result metric: the site process's peak resident memory so far, MiB
 
@@ -170,6 +171,7 @@ class PeftExecutor(Executor):
 
     # -- FLARE entry point ----------------------------------------------------------------------
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        received_at = time.time()  # the task's data has passed the site's task filters
         if task_name not in (self.train_task_name, self.validate_task_name, self.submit_model_task_name):
             self.log_error(fl_ctx, f"unknown task {task_name!r}")
             return make_reply(ReturnCode.TASK_UNKNOWN)
@@ -183,7 +185,7 @@ class PeftExecutor(Executor):
             if abort_signal.triggered:
                 return make_reply(ReturnCode.TASK_ABORTED)
             if task_name == self.train_task_name:
-                return self._do_train(incoming, fl_ctx, abort_signal)
+                return self._do_train(incoming, fl_ctx, abort_signal, received_at)
             if task_name == self.validate_task_name:
                 self._trainer.set_params(incoming.params)
                 metrics = self.flat_metrics(self._trainer.evaluate(self._test))
@@ -198,7 +200,7 @@ class PeftExecutor(Executor):
             reply.set_header(SITE_ERROR_HEADER, str(err))
             return reply
 
-    def _do_train(self, incoming: FLModel, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+    def _do_train(self, incoming: FLModel, fl_ctx: FLContext, abort_signal: Signal, received_at: float) -> Shareable:
         round_number = incoming.current_round or 0
         global_params = {k: np.asarray(v, dtype=np.float32) for k, v in incoming.params.items()}
         refusal = self._dp.refusal() if self._dp else None
@@ -219,7 +221,8 @@ class PeftExecutor(Executor):
         metrics = {**self.flat_metrics(outcome.before, prefix="global_"),
                    **self.flat_metrics(outcome.after, prefix="local_"), "train_loss": outcome.result.mean_loss,
                    PEAK_RSS_MB: peak_rss_mb(),
-                   "seconds_per_step": outcome.seconds / max(1, outcome.result.steps)}  # local training only
+                   "seconds_per_step": outcome.seconds / max(1, outcome.result.steps),  # local training only
+                   **outcome.timing(received_at)}
         if self._dp:
             metrics["dp_epsilon"] = self._dp.spend(outcome.result.steps)
             self.log_info(fl_ctx, f"{fl_ctx.get_identity_name()} round {round_number}: DP-SGD epsilon spent "
@@ -247,4 +250,6 @@ class PeftExecutor(Executor):
         if self._writer is None:
             return
         for name, value in metrics.items():
+            if name in TIMESTAMPS:
+                continue
             self._writer.add_scalar(name, float(value), global_step=round_number)

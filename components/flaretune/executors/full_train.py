@@ -10,6 +10,7 @@ once the server has the update, so a site keeps at most two copies of the model 
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from nvflare.apis.fl_context import FLContext
@@ -88,6 +89,7 @@ class FullModelTrainExecutor(ModelPushReceiver):
         from flaretune.data.site import load_site_ner_data
         from flaretune.train.full_trainer import FullNerTrainer
 
+        received_at = time.time()
         site = fl_ctx.get_identity_name()
         model_name, r = shareable.get(P.KEY_MODEL_NAME), int(shareable.get(P.KEY_ROUND, 0))
         folder = resolve_site_dir(self.dest_dir, fl_ctx) / str(model_name)
@@ -105,7 +107,7 @@ class FullModelTrainExecutor(ModelPushReceiver):
         if outcome.result.aborted:
             return make_reply(ReturnCode.TASK_ABORTED)
         metrics = {"global_f1": outcome.before["f1"], "local_f1": outcome.after["f1"],
-                   "train_loss": outcome.result.mean_loss}
+                   "train_loss": outcome.result.mean_loss, **outcome.timing(received_at)}
         update_name = f"{site}-round-{r}"
         with tempfile.TemporaryDirectory(prefix="update-", dir=folder.parent) as tmp:
             out = trainer.save(Path(tmp) / update_name)

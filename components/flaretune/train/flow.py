@@ -14,6 +14,10 @@ from flaretune.errors import ConfigError
 from flaretune.train.loop import SCHEDULES, STEPS, TrainResult, step_for
 from flaretune.train.protocol import Trainer
 
+# wall-clock timestamps among a train result's metrics (not scores: never sent to a tracking writer)
+TASK_RECEIVED_AT, WORK_STARTED_AT, WORK_ENDED_AT = "task_received_at", "work_started_at", "work_ended_at"
+TIMESTAMPS = (TASK_RECEIVED_AT, WORK_STARTED_AT, WORK_ENDED_AT)
+
 
 @dataclass
 class LocalTraining:
@@ -53,7 +57,15 @@ class RoundOutcome:
     before: Dict[str, object]  # scores of the received model on the site's test split
     after: Dict[str, object]  # scores after local training
     result: TrainResult
-    seconds: float
+    seconds: float  # local training only
+    started_at: float = 0.0  # wall clock (time.time()) before the first evaluation ...
+    ended_at: float = 0.0  # ... and after the last: the site's own work this round
+
+    def timing(self, received_at: float) -> Dict[str, float]:
+        """The metrics that let the server split a round's wall time (:mod:`flaretune.bench.overhead`):
+        when the task reached the executor and when the site's evaluation and training began and ended."""
+        return {TASK_RECEIVED_AT: received_at, WORK_STARTED_AT: self.started_at, WORK_ENDED_AT: self.ended_at,
+                "work_seconds": self.ended_at - self.started_at}
 
 
 def local_round(
@@ -71,6 +83,7 @@ def local_round(
     """``global_params`` (when given) are loaded first; the trainer already holds the model otherwise."""
     if global_params is not None:
         trainer.set_params(global_params)
+    work_started = time.time()
     before = trainer.evaluate(test)
     started = time.time()
     result = trainer.fit(
@@ -78,8 +91,9 @@ def local_round(
         should_stop=should_stop,
         step=settings.step(fedprox_mu, min(round_index, max(num_rounds, 1) - 1), num_rounds),
     )
+    seconds = time.time() - started
     after = trainer.evaluate(test) if not result.aborted else {}
-    return RoundOutcome(before, after, result, time.time() - started)
+    return RoundOutcome(before, after, result, seconds, work_started, time.time())
 
 
 def peak_rss_mb() -> float:
